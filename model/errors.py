@@ -63,3 +63,7 @@ class OptionError(InputError):
 
 class DependencyError(EmoteError):
     """An optional component that this call needs is not installed."""
+
+
+class MultipleFacesWarning(UserWarning):
+    """The portrait holds several faces; the largest was used unless one was chosen (``--face N``)."""
