@@ -168,7 +168,7 @@ class _Engine:
                         )
                     )
                 i += 1
-        except Exception as exc:  # noqa: BLE001 - reported after espeak_Synth returns
+        except BaseException as exc:  # noqa: BLE001 - even Ctrl-C must not unwind through C; re-raised later
             self._callback_error = exc
             return 1
         return 0
@@ -193,8 +193,11 @@ class _Engine:
         status = self.lib.espeak_Synth(
             data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8 | _ENDPAUSE, None, None
         )
-        if self._callback_error is not None:
-            raise RuntimeError("espeak-ng synth callback failed") from self._callback_error
+        error = self._callback_error
+        if error is not None:
+            if not isinstance(error, Exception):
+                raise error  # KeyboardInterrupt and friends, as the user meant them
+            raise RuntimeError("espeak-ng synth callback failed") from error
         if status != _EE_OK:
             raise RuntimeError(f"espeak-ng could not synthesize the text (error {status})")
         pcm = np.concatenate(self._buffers) if self._buffers else np.zeros(0, np.int16)
@@ -204,6 +207,15 @@ class _Engine:
 
 _LOCK = threading.Lock()
 _ENGINE: _Engine | None = None
+
+
+def espeak_available() -> bool:
+    """Whether the ``tts`` extra (espeakng-loader) is installed."""
+    try:
+        import espeakng_loader  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def synthesize_with_events(text: str, *, voice: str = "en-us", words_per_minute: int = 160) -> Speech:
@@ -245,6 +257,9 @@ def synthesize(text: str, *, voice: str = "en-us", words_per_minute: int = 160) 
 
     Returns:
         ``(samples, sample_rate)``: float32 mono samples in [-1, 1] and their rate in Hz.
+        espeak-ng carries pitch-flutter state from call to call, so saying the
+        same text twice in one process can differ by a few milliseconds; the
+        first call in a fresh process is reproducible.
 
     Raises:
         OptionError: empty text, unknown voice or rate out of range.
