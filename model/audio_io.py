@@ -34,7 +34,7 @@ AAC_FALLBACK_RATE = 48000
 # Demuxers whose declared duration comes from a header or an index, so that a
 # decoded length far below it means lost data. Others (ADTS, raw MP3 without a
 # Xing/VBRI header) only estimate it from the bit rate, often wildly for VBR.
-_EXACT_DURATION_FORMATS = ("mov", "mp4", "matroska", "webm", "ogg", "flac", "wav")
+_EXACT_DURATION_FORMATS = ("mov", "mp4", "ogg", "flac", "wav")
 _MP3_LENGTH_TAGS = (b"Xing", b"Info", b"VBRI")
 _IMAGE_FORMATS = ("image2", "gif", "apng", "webp")
 _FIX_HINT = "re-export or re-download it (WAV, MP3 or M4A work everywhere)"
@@ -231,30 +231,26 @@ def _reason(exc: BaseException) -> str:
 
 
 def _declared_duration(
-    container: av.container.InputContainer, stream: av.audio.stream.AudioStream
-) -> float | None:
-    if stream.duration is not None and stream.time_base:
-        return float(stream.duration * stream.time_base)
-    tag = stream.metadata.get("DURATION")  # Matroska keeps per-track lengths in tags
+    container: av.container.InputContainer, stream: av.audio.stream.AudioStream, path: Path
+) -> tuple[float | None, bool]:
+    """The audio length the file states, and whether that number is exact (not a bit-rate guess)."""
+    names = container.format.name.split(",")
+    tag = stream.metadata.get("DURATION")  # Matroska writes per-track lengths when it finalises a file
     match = re.fullmatch(r"(\d+):(\d\d):(\d\d(?:\.\d+)?)", tag or "")
     if match:
         h, m, s = match.groups()
-        return int(h) * 3600 + int(m) * 60 + float(s)
+        return int(h) * 3600 + int(m) * 60 + float(s), True
+    if stream.duration is not None and stream.time_base:
+        exact = any(name in _EXACT_DURATION_FORMATS for name in names)
+        if "mp3" in names:
+            with open(path, "rb") as f:
+                head = f.read(16384)
+            exact = any(tag in head for tag in _MP3_LENGTH_TAGS)
+        return float(stream.duration * stream.time_base), exact
     # The container's length may belong to a longer video track; trust it for audio only files.
     if container.duration is not None and not container.streams.video:
-        return container.duration / 1_000_000
-    return None
-
-
-def _has_exact_duration(container: av.container.InputContainer, path: Path) -> bool:
-    names = container.format.name.split(",")
-    if any(name in _EXACT_DURATION_FORMATS for name in names):
-        return True
-    if "mp3" in names:
-        with open(path, "rb") as f:
-            head = f.read(16384)
-        return any(tag in head for tag in _MP3_LENGTH_TAGS)
-    return False
+        return container.duration / 1_000_000, False
+    return None, False
 
 
 def open_audio(path: str | Path) -> AudioSource:
@@ -292,13 +288,14 @@ def open_audio(path: str | Path) -> AudioSource:
         first = next(_decode(container, stream, path), None)
         if first is None:
             raise EmptyAudioError(f"{path} holds no audio samples; give a file with speech")
+        duration_s, exact = _declared_duration(container, stream, path)
         return AudioSource(
             path=path,
-            duration_s=_declared_duration(container, stream),
+            duration_s=duration_s,
             sample_rate=first.sample_rate,
             channels=first.layout.nb_channels,
             stream_index=stream.index,
-            duration_exact=_has_exact_duration(container, path),
+            duration_exact=exact,
         )
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 import weakref
 from fractions import Fraction
 from pathlib import Path
@@ -52,8 +52,7 @@ def _discard(container: av.container.OutputContainer, tmp_path: Path) -> None:
     """Close the container, ignoring errors, and delete the temporary file."""
     with contextlib.suppress(av.FFmpegError, OSError):
         container.close()
-    with contextlib.suppress(FileNotFoundError):
-        tmp_path.unlink()
+    tmp_path.unlink(missing_ok=True)
 
 
 class Mp4Writer:
@@ -115,16 +114,19 @@ class Mp4Writer:
         self._tmp = self._create_temp()
         try:
             self._container = av.open(str(self._tmp), "w", format="mp4")
+        except BaseException:
+            self._tmp.unlink(missing_ok=True)
+            raise
+        # Removes the temporary file even if the writer is dropped without close().
+        self._finalizer = weakref.finalize(self, _discard, self._container, self._tmp)
+        try:
             if faststart:
                 self._container.options["movflags"] = "+faststart"
             self._video = self._add_video(crf, preset, threads)
             self._audio = self._add_audio(audio_rate, audio_layout) if audio_rate else None
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                self._tmp.unlink()
+            self.abort()
             raise
-        # Removes the temporary file even if the writer is dropped without close().
-        self._finalizer = weakref.finalize(self, _discard, self._container, self._tmp)
 
     def _create_temp(self) -> Path:
         parent = self.path.parent
@@ -132,13 +134,19 @@ class Mp4Writer:
             raise OptionError(f"cannot write the video to {self.path}: it is a directory; give a file name")
         try:
             parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.partial-", suffix=".mp4", dir=parent)
+            while True:
+                tmp = parent / f".{self.path.name}.partial-{secrets.token_hex(4)}.mp4"
+                try:
+                    # Not tempfile.mkstemp: its 0600 mode would survive the rename and
+                    # hide the video from other users; 0666 here is narrowed by the umask.
+                    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+                    return tmp
+                except FileExistsError:
+                    continue
         except OSError as exc:
             raise OptionError(
                 f"cannot write the video to {self.path} ({exc.strerror or exc}); choose a folder you can write to"
             ) from exc
-        os.close(fd)
-        return Path(name)
 
     def _add_video(self, crf: int, preset: str, threads: int) -> av.video.stream.VideoStream:
         stream = self._container.add_stream("libx264", rate=self.fps)

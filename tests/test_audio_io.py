@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -270,6 +271,40 @@ def test_m4a_cut_in_half(media: Path, tmp_path: Path) -> None:
 
 def test_ogg_with_lost_pages(media: Path, tmp_path: Path) -> None:
     expect(CorruptAudioError, damaged(media / "tone.ogg", tmp_path / "holes.ogg", smash_at=0.5))
+
+
+def test_mkv_cut_in_half(media: Path, tmp_path: Path) -> None:
+    expect(CorruptAudioError, damaged(media / "clip.mkv", tmp_path / "half.mkv", keep=0.5), "truncated")
+
+
+def test_live_webm_without_length_is_fine(tmp_path: Path) -> None:
+    # Browsers' MediaRecorder writes WebM as a stream: no duration, no index.
+    class Pipe(io.RawIOBase):
+        def __init__(self) -> None:
+            self.data = bytearray()
+
+        def writable(self) -> bool:
+            return True
+
+        def seekable(self) -> bool:
+            return False
+
+        def write(self, b: bytes) -> int:
+            self.data += bytes(b)
+            return len(b)
+
+    pipe = Pipe()
+    with av.open(pipe, "w", format="webm") as out:
+        stream = out.add_stream("libopus", rate=48000)
+        stream.layout = "mono"
+        samples = tone(48000, 1.0)
+        for start in range(0, samples.shape[1], 960):
+            out.mux(stream.encode(_audio_frame(samples[:, start : start + 960], "flt", "mono", 48000, start)))
+        out.mux(stream.encode(None))
+    (tmp_path / "live.webm").write_bytes(bytes(pipe.data))
+    source = open_audio(tmp_path / "live.webm")
+    assert source.duration_s is None
+    assert abs(sum(p.mono16k.size for p in source.chunks()) - TARGET_RATE) <= 2
 
 
 def test_error_in_the_middle_of_decoding(media: Path, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -164,6 +165,9 @@ def test_success_replaces_existing_file(tmp_path: Path) -> None:
         writer.write_video(frame(0))
     assert probe(out)["frames"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v.mp4"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # readable like any other new file
 
 
 @pytest.mark.parametrize(
