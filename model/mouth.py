@@ -90,11 +90,11 @@ def _paint_teeth(w: int, h: int, colour: np.ndarray, edge_at_bottom: bool, rng: 
     t = (au - left) / np.maximum(right - left, 1e-6)  # 0..1 across one tooth
     # Rounded incisal corners and dark interdental gaps.
     corner = np.clip(1.0 - ((np.abs(t - 0.5) * 2) ** 6) * np.clip((v - 0.72) / 0.28, 0, 1) * 1.6, 0, 1)
-    gap = np.clip(np.minimum(t, 1 - t) / 0.07, 0, 1) ** 0.6
-    body = corner * (0.55 + 0.45 * gap)
+    gap = np.clip(np.minimum(t, 1 - t) / 0.05, 0, 1) ** 0.5
+    body = corner * (0.86 + 0.14 * gap)
     # Curvature of each crown and the arch receding into shadow.
-    crown = 0.88 + 0.12 * np.sin(np.pi * t)
-    arch = np.clip(1.0 - au**1.6 * 0.85, 0.08, 1.0)
+    crown = 0.93 + 0.07 * np.sin(np.pi * t)
+    arch = np.clip(1.0 - au**2.2 * 0.9, 0.1, 1.0)
     edge = 1.0 - 0.18 * np.clip((v - 0.85) / 0.15, 0, 1)  # translucent incisal edge
     lum = body * crown * arch * edge * (1.0 + rng.normal(0, 0.01, size=(1, w)).astype(np.float32))
     dark = colour * 0.12
@@ -134,6 +134,15 @@ def paint_mouth_textures(image: np.ndarray, landmarks: np.ndarray, width: int, s
     else:
         warm = np.array([1.0, 0.96, 0.86], np.float32)
         teeth = np.clip(sclera * warm * 0.92, 0, 235)
+    # Teeth read as teeth only when brighter than the skin around them.
+    cheeks = np.concatenate([image[max(0, int(y) - 4) : int(y) + 5, max(0, int(x) - 4) : int(x) + 5].reshape(-1, 3)
+                             for x, y in landmarks[[50, 280], :2]]).astype(np.float32)
+    lum = np.array([0.299, 0.587, 0.114], np.float32)
+    skin_lum = float(np.median(cheeks @ lum)) if len(cheeks) else 150.0
+    teeth_lum = float(teeth @ lum)
+    if teeth_lum < 1.1 * skin_lum:
+        teeth = teeth * min(1.1 * skin_lum / max(teeth_lum, 1.0), 2.5)
+    teeth = np.clip(teeth, 0, 240)
     cavity = lip * np.array([0.30, 0.16, 0.16], np.float32) + 6
     tongue = lip * np.array([0.95, 0.62, 0.62], np.float32)
 
@@ -199,8 +208,8 @@ class MouthRig:
         # lower teeth (2 rows), tongue (rim + centre), photo interior (loop + centre).
         uv = [cavity_uv, row(tex.upper, True), row(tex.upper, False), row(tex.lower, True), row(tex.lower, False),
               tongue_uv]
-        shade = [np.r_[np.ones(n_lip), 0.55], np.full(n_cols, 0.7), np.ones(n_cols), np.full(n_cols, 0.85),
-                 np.full(n_cols, 0.55), np.r_[np.full(n_rim, 0.75), 1.0]]
+        shade = [np.r_[np.ones(n_lip), 0.55], np.full(n_cols, 0.75), np.full(n_cols, 1.05), np.full(n_cols, 0.8),
+                 np.full(n_cols, 0.5), np.r_[np.full(n_rim, 0.75), 1.0]]
         o_up = n_lip + 1
         o_low = o_up + 2 * n_cols
         o_tongue = o_low + 2 * n_cols
@@ -228,13 +237,13 @@ class MouthRig:
         x, y = contour[:, 0], contour[:, 1]
         area = 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
         # A narrow opening lets little light in: the whole interior darkens.
-        light = 0.45 + 0.55 * min(area / (0.10 * mw * mw), 1.0)
+        light = 0.6 + 0.4 * min(area / (0.08 * mw * mw), 1.0)
         st = self.stomion
         mid = st[len(st) // 2] + n * 0.17 * mw + jaw * 0.9
         tongue = mid + self._cos * (0.33 * mw) * self.across + self._sin * (0.13 * mw) * n
         blocks = [contour, contour.mean(axis=0, keepdims=True),
                   st - n * 0.22 * mw, st + n * 0.035 * mw,  # upper teeth: on the skull, edge below the lip line
-                  st + jaw, st + n * 0.22 * mw + jaw,  # lower teeth: on the jaw, edge behind the upper teeth
+                  st + n * 0.03 * mw + jaw, st + n * 0.25 * mw + jaw,  # lower teeth: on the jaw, behind the lip
                   tongue, mid[None]]
         if self.photo_opening:
             # The photo's own teeth and interior stay where they were, fixed to the skull.

@@ -1,0 +1,220 @@
+"""The analytic motion generator: speech acoustics → mouth, prosody → head, plus blinks and gaze.
+
+No learned weights: the mouth follows loudness, voicing, fricative noise and
+the first two formants (F1 opens the jaw, a low F2 rounds the lips, a high
+F2 spreads them), smoothed by a critically damped spring that opens faster
+than it closes (coarticulation), and led ahead of the sound by ``LEAD_S``
+(lips move before the sound they make). Silence closes the mouth. The head
+drifts slowly (smoothed Ornstein-Uhlenbeck noise), nods on stressed
+syllables and lifts with pitch; the eyes blink at human rates (about 15 a
+minute, more often at pauses) and make small saccades. Everything random is
+drawn from counters keyed by the seed and the frame or event number, and all
+filters run on fixed time grids, so the output does not depend on how the
+audio was cut into windows. It is the fallback and the yardstick for the
+learned generators.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from model.audio_features import HOP, SAMPLE_RATE, hop_features
+from model.motion import COEFF_INDEX, AudioWindow, MotionChunk, neutral_pose
+from model.mouth_dynamics import MOUTH_CHANNELS, MouthFilter, mouth_targets
+
+LEAD_S = 0.05  # the mouth shows the sound this far ahead of hearing it
+_C = COEFF_INDEX
+MAX_ANGLE_DEG = 6.0
+_BLINK_MEAN_S = 3.8  # ~15.8 blinks per minute
+_SACCADE_MEAN_S = 2.2
+
+
+def _rng(seed: int, stream: int, index: int) -> np.random.Generator:
+    """A generator for one (stream, index) pair: draws never depend on windowing."""
+    return np.random.default_rng([seed & 0xFFFFFFFF, stream, index])
+
+
+def blink_profile(since_s: float) -> float:
+    """Lid closure (0 open .. 1 closed) ``since_s`` seconds after a blink starts."""
+    if since_s < 0 or since_s > 0.32:
+        return 0.0
+    if since_s < 0.08:
+        return 0.5 - 0.5 * math.cos(math.pi * since_s / 0.08)
+    if since_s < 0.11:
+        return 1.0
+    return 0.5 + 0.5 * math.cos(math.pi * (since_s - 0.11) / 0.21)
+
+
+@dataclass(frozen=True)
+class BaselineState:
+    """Everything the generator carries from one window to the next."""
+
+    seed: int
+    rest: np.ndarray  # (52,) the portrait's own coefficients
+    next_frame: int
+    mouth: MouthFilter
+    head_ou: tuple[float, float, float]  # slow random drift (deg)
+    head_smooth: tuple[float, float, float]  # drift after smoothing (deg)
+    nod: tuple[float, float]  # nod spring: angle (deg), velocity
+    level_slow: float  # slow average of loudness, for stress detection
+    pitch_stats: tuple[float, float]  # running mean and variance of log F0
+    speech_prev: float  # speech activity of the previous frame
+    blink_count: int
+    blink_start_s: float
+    next_blink_s: float
+    saccade_count: int
+    next_saccade_s: float
+    gaze_from: tuple[float, float]
+    gaze_to: tuple[float, float]
+    saccade_start_s: float
+
+
+class BaselineGenerator:
+    """Analytic audio → motion generator (see the module docstring)."""
+
+    name = "baseline"
+    context_ms = 20.0
+    lookahead_ms = 1000.0 * LEAD_S + 25.0 + 10.0
+
+    def initial_state(self, rest: np.ndarray, seed: int) -> BaselineState:
+        rest = np.asarray(rest, np.float32).copy()
+        first_blink = 0.8 + float(_rng(seed, 2, 0).gamma(2.5, _BLINK_MEAN_S / 2.5))
+        return BaselineState(
+            seed=int(seed), rest=rest, next_frame=0, mouth=MouthFilter.start(),
+            head_ou=(0.0, 0.0, 0.0), head_smooth=(0.0, 0.0, 0.0), nod=(0.0, 0.0), level_slow=0.0,
+            pitch_stats=(math.log(150.0), 0.1), speech_prev=0.0,
+            blink_count=0, blink_start_s=-10.0, next_blink_s=first_blink,
+            saccade_count=0, next_saccade_s=1.0 + float(_rng(seed, 3, 0).gamma(2.0, _SACCADE_MEAN_S / 2.0)),
+            gaze_from=(0.0, 0.0), gaze_to=(0.0, 0.0), saccade_start_s=-10.0,
+        )  # fmt: skip
+
+    def generate(self, window: AudioWindow, state: BaselineState) -> tuple[MotionChunk, BaselineState]:
+        if window.start_frame != state.next_frame:
+            raise ValueError(f"window starts at frame {window.start_frame}, expected {state.next_frame}")
+        if window.sample_rate != SAMPLE_RATE:
+            raise ValueError(f"baseline needs {SAMPLE_RATE} Hz audio, got {window.sample_rate}")
+        n, fps = window.n_frames, window.fps
+        lead = int(round(LEAD_S * SAMPLE_RATE))
+        end_sample = window.frame_start_sample(window.start_frame + n) + lead
+        first_hop = state.mouth.next_hop
+        n_hops = max(0, -(-end_sample // HOP) - first_hop)
+        feats = hop_features(window.samples, window.first_sample, first_hop, n_hops)
+        mouth, per_hop, mouth_state = mouth_targets(feats, state.mouth)
+        hop_centres = (first_hop + np.arange(n_hops)) * HOP
+        pose = neutral_pose(n)
+        coeffs = np.repeat(state.rest[None, :], n, axis=0)
+        st = state
+        for i in range(n):
+            frame = window.start_frame + i
+            lo = window.frame_start_sample(frame) + lead
+            hi = window.frame_start_sample(frame + 1) + lead
+            sel = (hop_centres >= lo) & (hop_centres < hi)
+            if sel.any():
+                m = mouth[sel].mean(axis=0)
+                speech = float(per_hop["speech"][sel].mean())
+                level = float(per_hop["level"][sel].mean())
+                voiced_pitch = per_hop["pitch"][sel]
+                voiced_pitch = voiced_pitch[voiced_pitch > 0]
+                f0 = float(np.median(voiced_pitch)) if len(voiced_pitch) else 0.0
+            else:  # a frame shorter than a hop (fps > 100): reuse the filter's present value
+                m = mouth_state.value.copy()
+                speech, level, f0 = st.speech_prev, 0.0, 0.0
+            st, pose[i], coeffs[i] = self._frame(st, frame, fps, m, speech, level, f0)
+        st = dataclasses.replace(st, next_frame=window.start_frame + n, mouth=mouth_state)
+        return MotionChunk(window.start_frame, fps, pose, coeffs), st
+
+    def _frame(
+        self, st: BaselineState, frame: int, fps: float, mouth: np.ndarray, speech: float, level: float, f0: float
+    ) -> tuple[BaselineState, np.ndarray, np.ndarray]:
+        """Pose and coefficients of one frame; returns the advanced state."""
+        t = frame / fps
+        dt = 1.0 / fps
+        rng = _rng(st.seed, 1, frame)
+        rest = st.rest
+        coeffs = rest.copy()
+        # Mouth: silence closes the lips, speech adds the filtered articulation.
+        for k, name in enumerate(MOUTH_CHANNELS):
+            base = min(float(rest[_C[name]]), 0.04) if name == "jawOpen" else float(rest[_C[name]])
+            coeffs[_C[name]] = min(1.0, base + float(mouth[k]))
+        for side in ("Left", "Right"):
+            coeffs[_C["mouthLowerDown" + side]] = min(1.0, float(rest[_C["mouthLowerDown" + side]]) * 0.5
+                                                      + 0.5 * float(mouth[MOUTH_CHANNELS.index("jawOpen")]))
+        # Head: smoothed Ornstein-Uhlenbeck drift, larger while speaking.
+        sigma = np.array([1.0, 0.6, 0.6]) + speech * np.array([1.0, 0.7, 0.6])
+        tau = 2.5 - speech
+        decay = math.exp(-dt / tau)
+        ou = np.array(st.head_ou) * decay + sigma * math.sqrt(1 - decay * decay) * rng.standard_normal(3)
+        k_smooth = 1.0 - math.exp(-dt / 0.35)
+        smooth = np.array(st.head_smooth) + k_smooth * (ou - np.array(st.head_smooth))
+        # Stress: loudness jumping above its slow average nods the head and lifts the brows.
+        accent = max(0.0, level - st.level_slow - 0.15) * speech
+        level_slow = st.level_slow + (1.0 - math.exp(-dt / 0.4)) * (level - st.level_slow)
+        angle, vel = st.nod
+        omega = 2 * math.pi * 1.6
+        acc = omega * omega * (accent * 9.0 - angle) - 2 * 0.75 * omega * vel
+        vel += acc * dt
+        angle += vel * dt
+        # Higher pitch lifts the chin a little.
+        mean, var = st.pitch_stats
+        lift = 0.0
+        if f0 > 0:
+            lf = math.log(f0)
+            mean += 0.02 * (lf - mean)
+            var += 0.02 * ((lf - mean) ** 2 - var)
+            lift = float(np.clip((lf - mean) / math.sqrt(max(var, 1e-3)), -2, 2)) * 0.8 * speech
+        breath = 0.35 * math.sin(2 * math.pi * t / 4.2)
+        yaw, pitch, roll = smooth[0], smooth[1] + angle - lift + breath, smooth[2]
+        pose = np.array([yaw, pitch, roll, 0.0, 0.002 * math.sin(2 * math.pi * t / 4.2), 1.0], np.float32)
+        pose[:3] = np.clip(pose[:3], -MAX_ANGLE_DEG, MAX_ANGLE_DEG)
+        brow = min(0.35, max(0.0, angle) * 0.06)
+        for name in ("browInnerUp", "browOuterUpLeft", "browOuterUpRight"):
+            coeffs[_C[name]] = min(1.0, float(rest[_C[name]]) + brow)
+        st = dataclasses.replace(st, head_ou=tuple(ou), head_smooth=tuple(smooth), nod=(angle, vel),
+                                 level_slow=level_slow, pitch_stats=(mean, var), speech_prev=speech)
+        st, closure = self._blink(st, t, speech)
+        for side in ("Left", "Right"):
+            coeffs[_C["eyeBlink" + side]] = max(float(rest[_C["eyeBlink" + side]]), 0.95 * closure)
+        st, (gx, gy) = self._gaze(st, t)
+        for side, sign_out in (("Left", 1.0), ("Right", -1.0)):
+            out, inward = max(0.0, gx * sign_out), max(0.0, -gx * sign_out)
+            coeffs[_C["eyeLookOut" + side]] = float(rest[_C["eyeLookOut" + side]]) + out
+            coeffs[_C["eyeLookIn" + side]] = float(rest[_C["eyeLookIn" + side]]) + inward
+            coeffs[_C["eyeLookDown" + side]] = float(rest[_C["eyeLookDown" + side]]) + max(0.0, gy)
+            coeffs[_C["eyeLookUp" + side]] = float(rest[_C["eyeLookUp" + side]]) + max(0.0, -gy)
+        return st, pose, np.clip(coeffs, 0.0, 1.0)
+
+    def _blink(self, st: BaselineState, t: float, speech: float) -> tuple[BaselineState, float]:
+        """Advance the blink schedule to time ``t``; returns the lid closure now."""
+        pause_started = st.speech_prev > 0.5 and speech < 0.2
+        due = t >= st.next_blink_s
+        # People tend to blink as a phrase ends.
+        at_pause = pause_started and t - st.blink_start_s > 1.5 and _rng(st.seed, 4, st.blink_count).random() < 0.6
+        if (due or at_pause) and t - st.blink_start_s > 0.4:
+            count = st.blink_count + 1
+            interval = max(1.0, float(_rng(st.seed, 2, count).gamma(2.5, _BLINK_MEAN_S / 2.5)))
+            st = dataclasses.replace(st, blink_count=count, blink_start_s=t, next_blink_s=t + interval)
+        return st, blink_profile(t - st.blink_start_s)
+
+    def _gaze(self, st: BaselineState, t: float) -> tuple[BaselineState, tuple[float, float]]:
+        """Advance the saccade schedule to time ``t``; returns the gaze offset (x right, y down)."""
+        if t >= st.next_saccade_s:
+            count = st.saccade_count + 1
+            rng = _rng(st.seed, 3, count)
+            # Mostly back to the camera; sometimes a glance away.
+            target = (0.0, 0.0) if rng.random() < 0.45 else (
+                float(np.clip(rng.normal(0, 0.22), -0.4, 0.4)), float(np.clip(rng.normal(0.02, 0.1), -0.25, 0.25)))
+            now = self._gaze_at(st, t)
+            st = dataclasses.replace(st, saccade_count=count, gaze_from=now, gaze_to=target, saccade_start_s=t,
+                                     next_saccade_s=t + 0.4 + float(rng.gamma(2.0, _SACCADE_MEAN_S / 2.0)))
+        return st, self._gaze_at(st, t)
+
+    @staticmethod
+    def _gaze_at(st: BaselineState, t: float) -> tuple[float, float]:
+        k = min(1.0, max(0.0, (t - st.saccade_start_s) / 0.06))
+        k = k * k * (3 - 2 * k)
+        return (st.gaze_from[0] + k * (st.gaze_to[0] - st.gaze_from[0]),
+                st.gaze_from[1] + k * (st.gaze_to[1] - st.gaze_from[1]))

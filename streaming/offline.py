@@ -1,0 +1,191 @@
+"""Offline rendering: a portrait and an audio file become a talking MP4.
+
+The same stages the live server runs, driven from a file: the audio is
+decoded once in chunks (16 kHz mono for the motion generator, the original
+audio re-encoded to AAC for the output), pushed through the
+:class:`~streaming.windower.AudioWindower`, turned into motion window by
+window, rendered frame by frame and streamed to the encoder. Nothing holds
+the whole video, so an hour of audio renders in bounded memory. Rendering
+runs on this thread while H.264 encoding runs on a second one, so the two
+cores work at once; the output appears under its final name only when
+everything succeeded.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from model.audio_io import open_audio
+from model.baseline import BaselineGenerator
+from model.blendshape_basis import BlendshapeBasis
+from model.errors import OptionError
+from model.framing import FramedPortrait, frame_portrait
+from model.motion import AudioWindow, MotionGenerator
+from model.portrait import analyze_portrait
+from model.renderer import Renderer
+from model.video_out import Mp4Writer
+from streaming.windower import AudioWindower
+
+#: Frames per motion window offline (the streaming server uses shorter ones).
+WINDOW_FRAMES = 25
+#: Frames rendered ahead of the encoder at most (bounded memory).
+ENCODE_QUEUE_FRAMES = 8
+
+GENERATORS: dict[str, Callable[[], MotionGenerator]] = {"baseline": BaselineGenerator}
+
+ProgressFn = Callable[[float, float | None], None]
+
+
+@dataclass(frozen=True)
+class RenderStats:
+    """What a render did and how long each stage took (seconds)."""
+
+    frames: int
+    duration_s: float
+    analysis_s: float
+    motion_s: float
+    render_s: float
+    encode_wait_s: float
+    wall_s: float
+
+
+def prepare_portrait(
+    portrait: str | Path, *, size: int = 512, full_frame: bool = False, face_index: int | None = None
+) -> tuple[FramedPortrait, Renderer]:
+    """Analyse (or load from the cache), frame, and build the renderer for a portrait."""
+    analysis = analyze_portrait(portrait, face_index=face_index)
+    framed = frame_portrait(analysis.image, analysis.matte, analysis.landmarks, analysis.coeffs,
+                            size=size, full_frame=full_frame)
+    deformer = BlendshapeBasis.load().portrait(framed.landmarks)
+    return framed, Renderer(framed, deformer)
+
+
+def make_generator(name: str) -> MotionGenerator:
+    """A motion generator by name (``baseline``)."""
+    try:
+        return GENERATORS[name]()
+    except KeyError:
+        raise OptionError(f"--motion {name!r}: unknown generator; choose one of {', '.join(GENERATORS)}") from None
+
+
+class _EncoderThread:
+    """Feeds the writer from a bounded queue on a second thread.
+
+    Video frames and audio go through the same queue, so only this thread
+    ever touches the container.
+    """
+
+    def __init__(self, writer: Mp4Writer) -> None:
+        self.writer = writer
+        self.queue: queue.Queue[tuple[str, Any] | None] = queue.Queue(maxsize=ENCODE_QUEUE_FRAMES)
+        self.error: BaseException | None = None
+        self.wait_s = 0.0
+        self.thread = threading.Thread(target=self._run, name="emote-encoder", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while (item := self.queue.get()) is not None:
+                kind, payload = item
+                if kind == "video":
+                    self.writer.write_video(payload)
+                else:
+                    self.writer.write_audio(payload)
+        except BaseException as exc:  # handed to the rendering thread, which re-raises it
+            self.error = exc
+            while self.queue.get() is not None:  # drain so the producer never blocks forever
+                pass
+
+    def put(self, kind: str, payload: Any) -> None:
+        """Queue a ``"video"`` frame (copied: the renderer reuses its buffer) or ``"audio"`` frames."""
+        if self.error is not None:
+            raise self.error
+        t = time.perf_counter()
+        self.queue.put((kind, payload.copy() if kind == "video" else payload))
+        self.wait_s += time.perf_counter() - t
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def render_file(
+    portrait: str | Path,
+    audio: str | Path,
+    out: str | Path,
+    *,
+    fps: float = 25.0,
+    size: int = 512,
+    full_frame: bool = False,
+    seed: int = 0,
+    face_index: int | None = None,
+    motion: str = "baseline",
+    progress: ProgressFn | None = None,
+) -> RenderStats:
+    """Render ``portrait`` speaking ``audio`` into the MP4 file ``out``.
+
+    Args:
+        portrait: image file (photo or painting) with one clearly visible face.
+        audio: any audio file, or a video file whose audio is used.
+        out: the MP4 to write; written to a temporary name and renamed at the end.
+        fps: output frame rate (1..120).
+        size: side of the square output around the face (even, 64..2048).
+        full_frame: output the whole picture instead of a square around the face.
+        seed: random seed of the head motion, blinks and gaze.
+        face_index: which face when the picture has several (0 = largest).
+        motion: name of the motion generator.
+        progress: called with (seconds of audio done, total seconds or None).
+
+    Raises:
+        InputError: a bad portrait, audio file or option (the message says what to do).
+    """
+    if not 1.0 <= fps <= 120.0:
+        raise OptionError(f"--fps {fps}: use a frame rate between 1 and 120")
+    t0 = time.perf_counter()
+    generator = make_generator(motion)
+    source = open_audio(audio)
+    framed, renderer = prepare_portrait(portrait, size=size, full_frame=full_frame, face_index=face_index)
+    t_analysis = time.perf_counter() - t0
+    windower = AudioWindower(fps=fps, window_frames=WINDOW_FRAMES, context_ms=generator.context_ms,
+                             lookahead_ms=generator.lookahead_ms)
+    state = generator.initial_state(framed.rest, seed)
+    width, height = framed.size
+    motion_s = render_s = 0.0
+    frames = 0
+    with Mp4Writer(out, width, height, fps, audio_rate=source.mux_rate, audio_layout=source.mux_layout) as writer:
+        encoder = _EncoderThread(writer)
+        try:
+            def emit(windows: list[AudioWindow]) -> None:
+                nonlocal state, motion_s, render_s, frames
+                for window in windows:
+                    t = time.perf_counter()
+                    chunk, state = generator.generate(window, state)
+                    motion_s += time.perf_counter() - t
+                    for i in range(len(chunk)):
+                        t = time.perf_counter()
+                        frame = renderer.render(chunk.pose[i], chunk.coeffs[i])
+                        render_s += time.perf_counter() - t
+                        encoder.put("video", frame)
+                        frames += 1
+
+            for decoded in source.chunks():
+                encoder.put("audio", decoded.for_mux)
+                emit(windower.push(decoded.mono16k))
+                if progress:
+                    progress(windower.total_samples / windower.sample_rate, source.duration_s)
+            emit(windower.finish())
+        finally:
+            encoder.close()
+    duration = windower.total_samples / windower.sample_rate
+    if progress:
+        progress(duration, duration)
+    return RenderStats(frames=frames, duration_s=duration, analysis_s=t_analysis, motion_s=motion_s,
+                       render_s=render_s, encode_wait_s=encoder.wait_s, wall_s=time.perf_counter() - t0)
