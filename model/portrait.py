@@ -365,11 +365,12 @@ def _load_cached(path: Path, loaded: LoadedImage, source_id: str) -> PortraitAna
     if not path.is_file():
         return None
     try:
-        with np.load(path, allow_pickle=False) as z:
+        # Our own file handle: np.load leaks its handle when a damaged archive fails to open.
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
             arrays = {k: z[k].astype(np.float32) for k in _CACHED_ARRAYS}
             matte, counts = z["matte"].astype(np.uint16) / _U16, z["counts"]
             face_box = tuple(int(v) for v in z["face_box"])
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile) as exc:
         log.warning("ignoring unreadable portrait cache %s (%s); analysing again", path, exc)
         return None
     consistent = all(arrays[k].shape == shape for k, shape in _CACHED_ARRAYS.items())
