@@ -182,7 +182,7 @@ def _decode_at_reduced_size(img: Image.Image, max_side: int) -> None:
     below the requested size, so the final area-downscale still sets the size.
     """
     w, h = img.size
-    if max(w, h) > max_side and img.format == "JPEG":
+    if max(w, h) > max_side and img.format in ("JPEG", "MPO"):
         s = max_side / max(w, h)
         img.draft(None, (int(np.ceil(w * s)), int(np.ceil(h * s))))
 

