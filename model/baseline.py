@@ -31,6 +31,8 @@ _C = COEFF_INDEX
 MAX_ANGLE_DEG = 6.0
 _BLINK_MEAN_S = 3.8  # ~15.8 blinks per minute
 _SACCADE_MEAN_S = 2.2
+#: Coefficients that part the lips; silence sets them to 0 whatever the photo shows.
+_LIP_OPENERS = frozenset({"jawOpen", "mouthUpperUpLeft", "mouthUpperUpRight"})
 
 
 def _rng(seed: int, stream: int, index: int) -> np.random.Generator:
@@ -136,13 +138,12 @@ class BaselineGenerator:
         rng = _rng(st.seed, 1, frame)
         rest = st.rest
         coeffs = rest.copy()
-        # Mouth: silence closes the lips, speech adds the filtered articulation.
+        # Mouth: silence closes the lips (even a photo's open smile), speech adds the articulation.
         for k, name in enumerate(MOUTH_CHANNELS):
-            base = min(float(rest[_C[name]]), 0.04) if name == "jawOpen" else float(rest[_C[name]])
+            base = 0.0 if name in _LIP_OPENERS else float(rest[_C[name]])
             coeffs[_C[name]] = min(1.0, base + float(mouth[k]))
         for side in ("Left", "Right"):
-            coeffs[_C["mouthLowerDown" + side]] = min(1.0, float(rest[_C["mouthLowerDown" + side]]) * 0.5
-                                                      + 0.5 * float(mouth[MOUTH_CHANNELS.index("jawOpen")]))
+            coeffs[_C["mouthLowerDown" + side]] = min(1.0, 0.5 * float(mouth[MOUTH_CHANNELS.index("jawOpen")]))
         # Head: smoothed Ornstein-Uhlenbeck drift, larger while speaking.
         sigma = np.array([1.0, 0.6, 0.6]) + speech * np.array([1.0, 0.7, 0.6])
         tau = 2.5 - speech

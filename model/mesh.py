@@ -34,8 +34,13 @@ OUTER_LIPS = np.array([
 # Eye openings, outer corner, over the upper lid to the inner corner, back below.
 RIGHT_EYE = np.array([33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153, 145, 144, 163, 7])
 LEFT_EYE = np.array([263, 466, 388, 387, 386, 385, 384, 398, 362, 382, 381, 380, 374, 373, 390, 249])
-RIGHT_UPPER_LID = RIGHT_EYE[1:8]
+RIGHT_UPPER_LID = RIGHT_EYE[1:8]  # outer to inner
 LEFT_UPPER_LID = LEFT_EYE[1:8]
+RIGHT_LOWER_LID = RIGHT_EYE[15:8:-1]  # outer to inner, column by column under the upper lid
+LEFT_LOWER_LID = LEFT_EYE[15:8:-1]
+# The rings of skin above each upper lid (lid fold), outer to inner.
+RIGHT_LID_FOLD = np.array([247, 30, 29, 27, 28, 56, 190])
+LEFT_LID_FOLD = np.array([467, 260, 259, 257, 258, 286, 414])
 RIGHT_IRIS = np.arange(468, 473)  # centre then four rim points
 LEFT_IRIS = np.arange(473, 478)
 CHIN = 152

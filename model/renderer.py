@@ -24,9 +24,13 @@ from model.mesh import (
     FACE_OVAL,
     LEFT_EYE,
     LEFT_IRIS,
+    LEFT_LID_FOLD,
+    LEFT_LOWER_LID,
     LEFT_UPPER_LID,
     RIGHT_EYE,
     RIGHT_IRIS,
+    RIGHT_LID_FOLD,
+    RIGHT_LOWER_LID,
     RIGHT_UPPER_LID,
     build_surround,
     skin_triangles,
@@ -155,14 +159,33 @@ class Renderer:
         self._xyz = np.concatenate([rest, surround.points, np.zeros((n_mouth, 3), np.float32)]
                                    + [pts for pts, _, _ in self.eyes]).astype(np.float32)
         self._shade = np.ones(len(self._xyz), np.float32)
-        self._lids = [(RIGHT_UPPER_LID, _C["eyeBlinkRight"]), (LEFT_UPPER_LID, _C["eyeBlinkLeft"])]
+        self._lids = [(RIGHT_UPPER_LID, RIGHT_LOWER_LID, RIGHT_LID_FOLD, _C["eyeBlinkRight"]),
+                      (LEFT_UPPER_LID, LEFT_LOWER_LID, LEFT_LID_FOLD, _C["eyeBlinkLeft"])]
 
     def deformed_landmarks(self, coeffs: np.ndarray) -> np.ndarray:
         """(478, 3) landmarks with this frame's expression, in the portrait's head pose."""
-        delta = np.asarray(coeffs, np.float32) - self.portrait.rest
+        coeffs = np.asarray(coeffs, np.float32)
+        delta = coeffs - self.portrait.rest
         if self.deformer is None or not np.any(delta):
             return self.rest.copy()
-        return np.asarray(self.deformer(delta), np.float32)
+        face = np.asarray(self.deformer(delta), np.float32)
+        for upper, lower, fold, ci in self._lids:
+            # The learned basis under-closes the lids (the tracker it was fitted on
+            # does); a blink must shut the eye, so the lid edge is placed explicitly.
+            closure = self._closure(coeffs, ci)
+            if closure <= 0.0:
+                continue
+            gap = face[lower] - face[upper]
+            shut = face[upper] + gap * 0.9
+            extra = (shut - face[upper]) * closure
+            face[upper] += extra
+            face[fold] += 0.35 * extra
+        return face
+
+    def _closure(self, coeffs: np.ndarray, ci: int) -> float:
+        """How far a lid is shut beyond the photo's own lid (0 as in the photo .. 1 shut)."""
+        rest_c = float(self.portrait.rest[ci])
+        return float(np.clip((coeffs[ci] - rest_c) / max(1.0 - rest_c, 1e-3), 0.0, 1.0)) ** 0.8
 
     def _gaze_shift(self, delta: np.ndarray, eye: int) -> np.ndarray:
         side = ("Right", "Left")[eye]
@@ -193,13 +216,17 @@ class Renderer:
         for eye, (pts, _, _) in enumerate(self.eyes):
             xyz[self._eye_slices[eye]] = pts
             xyz[self._iris[eye]] += self._gaze_shift(delta, eye)
-        # A closing lid darkens along the lash line.
-        for lid, ci in self._lids:
-            shade[lid] = 1.0 - 0.35 * float(np.clip(coeffs[ci], 0, 1)) * float(np.clip(delta[ci] * 2, 0, 1))
+        uv = self._uv
+        for lid, _, fold, ci in self._lids:
+            closure = self._closure(coeffs, ci)
+            # A closing lid shows lid skin (sampled from just under the fold rather than
+            # the lashes, which would smear over the eye) and darkens towards the lash line.
+            uv[lid] = self.rest[lid, :2] + 0.75 * closure * (self.rest[fold, :2] - self.rest[lid, :2])
+            shade[lid] = 1.0 - 0.45 * closure
         yaw, pitch, roll, tx, ty, scale = (float(v) for v in pose)
         rot = rotation_matrix(yaw, pitch, roll) * scale
         moved = (xyz - self.pivot) @ rot.T + self.pivot
         moved[:, 0] += tx * self.face_width
         moved[:, 1] += ty * self.face_width
         xy = xyz[:, :2] + self._weight * (moved[:, :2] - xyz[:, :2])
-        return self.raster.draw(xy, self._uv, shade, self._tris)
+        return self.raster.draw(xy, uv, shade, self._tris)
