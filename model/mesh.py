@@ -41,6 +41,9 @@ LEFT_LOWER_LID = LEFT_EYE[15:8:-1]
 # The rings of skin above each upper lid (lid fold), outer to inner.
 RIGHT_LID_FOLD = np.array([247, 30, 29, 27, 28, 56, 190])
 LEFT_LID_FOLD = np.array([467, 260, 259, 257, 258, 286, 414])
+# The next rings up, under the brows.
+RIGHT_BROW_SKIN = np.array([113, 225, 224, 223, 222, 221, 189])
+LEFT_BROW_SKIN = np.array([342, 445, 444, 443, 442, 441, 413])
 RIGHT_IRIS = np.arange(468, 473)  # centre then four rim points
 LEFT_IRIS = np.arange(473, 478)
 CHIN = 152

@@ -24,11 +24,13 @@ from model.mesh import (
     FACE_OVAL,
     LEFT_EYE,
     LEFT_IRIS,
+    LEFT_BROW_SKIN,
     LEFT_LID_FOLD,
     LEFT_LOWER_LID,
     LEFT_UPPER_LID,
     RIGHT_EYE,
     RIGHT_IRIS,
+    RIGHT_BROW_SKIN,
     RIGHT_LID_FOLD,
     RIGHT_LOWER_LID,
     RIGHT_UPPER_LID,
@@ -161,6 +163,13 @@ class Renderer:
         self._shade = np.ones(len(self._xyz), np.float32)
         self._lids = [(RIGHT_UPPER_LID, RIGHT_LOWER_LID, RIGHT_LID_FOLD, _C["eyeBlinkRight"]),
                       (LEFT_UPPER_LID, LEFT_LOWER_LID, LEFT_LID_FOLD, _C["eyeBlinkLeft"])]
+        # Where a shut lid takes its skin from: the band between the lid fold and the brow,
+        # clear of lashes and crease shadow (a stretched lash line would smear over the eye).
+        self._lid_skin = []
+        for upper, fold, brow in ((RIGHT_UPPER_LID, RIGHT_LID_FOLD, RIGHT_BROW_SKIN),
+                                  (LEFT_UPPER_LID, LEFT_LID_FOLD, LEFT_BROW_SKIN)):
+            up = rest[brow, :2] - rest[fold, :2]
+            self._lid_skin.append((upper, fold, rest[fold, :2] + 0.2 * up, rest[fold, :2] + 0.55 * up))
 
     def deformed_landmarks(self, coeffs: np.ndarray) -> np.ndarray:
         """(478, 3) landmarks with this frame's expression, in the portrait's head pose."""
@@ -217,12 +226,11 @@ class Renderer:
             xyz[self._eye_slices[eye]] = pts
             xyz[self._iris[eye]] += self._gaze_shift(delta, eye)
         uv = self._uv
-        for lid, _, fold, ci in self._lids:
+        for (lid, fold, edge_src, fold_src), (_, _, _, ci) in zip(self._lid_skin, self._lids, strict=True):
             closure = self._closure(coeffs, ci)
-            # A closing lid shows lid skin (sampled from just under the fold rather than
-            # the lashes, which would smear over the eye) and darkens towards the lash line.
-            uv[lid] = self.rest[lid, :2] + 0.75 * closure * (self.rest[fold, :2] - self.rest[lid, :2])
-            shade[lid] = 1.0 - 0.45 * closure
+            uv[lid] = self.rest[lid, :2] + closure * (edge_src - self.rest[lid, :2])
+            uv[fold] = self.rest[fold, :2] + closure * (fold_src - self.rest[fold, :2])
+            shade[lid] = 1.0 - 0.3 * closure  # a little shadow along the lash line
         yaw, pitch, roll, tx, ty, scale = (float(v) for v in pose)
         rot = rotation_matrix(yaw, pitch, roll) * scale
         moved = (xyz - self.pivot) @ rot.T + self.pivot
