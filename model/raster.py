@@ -113,7 +113,8 @@ def _draw(
                 k11 = fu * fv
                 p00, p01 = atlas[iv, iu], atlas[iv, iu + 1]
                 p10, p11 = atlas[iv + 1, iu], atlas[iv + 1, iu + 1]
-                alpha = k00 * np.int32(p00[3]) + k01 * np.int32(p01[3]) + k10 * np.int32(p10[3]) + k11 * np.int32(p11[3])
+                alpha = k00 * np.int32(p00[3]) + k01 * np.int32(p01[3])
+                alpha += k10 * np.int32(p10[3]) + k11 * np.int32(p11[3])
                 moved = abs(u - fx) + abs(v - fy)
                 if alpha == 16711680 and s == one and moved >= half:
                     # Inside the person, unshaded, clearly moved: the sample itself.

@@ -22,15 +22,15 @@ from scipy.spatial import Delaunay
 from model.framing import FramedPortrait
 from model.mesh import (
     FACE_OVAL,
+    LEFT_BROW_SKIN,
     LEFT_EYE,
     LEFT_IRIS,
-    LEFT_BROW_SKIN,
     LEFT_LID_FOLD,
     LEFT_LOWER_LID,
     LEFT_UPPER_LID,
+    RIGHT_BROW_SKIN,
     RIGHT_EYE,
     RIGHT_IRIS,
-    RIGHT_BROW_SKIN,
     RIGHT_LID_FOLD,
     RIGHT_LOWER_LID,
     RIGHT_UPPER_LID,
@@ -127,7 +127,8 @@ class Renderer:
         self.face_width = float(np.ptp(oval[:, 0]))
         # Scenery further from the person than any head motion can reach never changes.
         reach = int(0.3 * self.face_width) | 1
-        near = cv2.dilate((portrait.matte > 0.02).astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (reach, reach)))
+        disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (reach, reach))
+        near = cv2.dilate((portrait.matte > 0.02).astype(np.uint8), disc)
         self.raster = Rasterizer(atlas, portrait.image, self.background, static=near == 0)
         self.mouth = MouthRig(rest, self.textures, float(h))
         surround = build_surround(rest, (w, h))
