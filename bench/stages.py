@@ -1,0 +1,247 @@
+"""Timings of the single stages of the offline render, each on its own.
+
+Every function here runs one stage of :func:`streaming.offline.render_file`
+the way the pipeline runs it and returns plain numbers: portrait analysis
+with the cache off (cold) and on (warm), portrait preparation (framing and
+renderer construction), baseline motion generation window by window through
+the :class:`~streaming.windower.AudioWindower`, rendering of every frame of
+that motion, H.264 encoding of the rendered frames with
+:class:`~model.video_out.Mp4Writer` and decoding of an audio file. Times are
+taken with :func:`time.perf_counter` around each call, and the first render
+calls (numba compiles or loads its cache there) run before the clock starts.
+Run as ``python -m bench.stages pinned ...`` this module is also the child
+process that times the renderer alone on one core, under ``taskset`` with
+every thread pool of numpy, numba and OpenCV limited to one thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+#: Render calls made before the clock starts (the first compiles or loads numba's cache).
+WARMUP_FRAMES = 10
+#: Environment of the one-core child: every thread pool limited to one thread.
+SINGLE_THREAD_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "NUMBA_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENCV_FOR_THREADS_NUM": "1",
+}
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Summary of repeated measurements, in milliseconds per unit (call, frame, second)."""
+
+    median: float
+    p95: float
+    mean: float
+    n: int
+
+    @classmethod
+    def of(cls, values_ms: list[float] | np.ndarray, mean: float | None = None) -> Timing:
+        """Median, 95th percentile and mean (or the given throughput mean) of ``values_ms``."""
+        v = np.asarray(values_ms, np.float64)
+        return cls(float(np.median(v)), float(np.percentile(v, 95)), float(v.mean()) if mean is None else mean, len(v))
+
+
+def _ms_since(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000.0
+
+
+def time_analysis(portrait: Path, cache_dir: Path, cold_reps: int, warm_reps: int) -> dict[str, Timing | float]:
+    """Portrait analysis: the first call in this process, cold (no cache) and warm (cached), in ms per call."""
+    from model.portrait import analyze_portrait
+
+    t = time.perf_counter()
+    analyze_portrait(portrait, use_cache=False)
+    first = _ms_since(t)
+    cold = []
+    for _ in range(cold_reps):
+        t = time.perf_counter()
+        analyze_portrait(portrait, use_cache=False)
+        cold.append(_ms_since(t))
+    analyze_portrait(portrait, cache_dir=cache_dir)  # fills the cache
+    warm = []
+    for _ in range(warm_reps):
+        t = time.perf_counter()
+        analyze_portrait(portrait, cache_dir=cache_dir)
+        warm.append(_ms_since(t))
+    return {"first_ms": first, "cold": Timing.of(cold), "warm": Timing.of(warm)}
+
+
+def time_prepare(portrait: Path, reps: int) -> Timing:
+    """``prepare_portrait`` with a warm analysis cache (framing, mouth textures, background fill, meshes)."""
+    from streaming.offline import prepare_portrait
+
+    prepare_portrait(portrait)
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        prepare_portrait(portrait)
+        times.append(_ms_since(t))
+    return Timing.of(times)
+
+
+def make_motion(
+    audio16k: np.ndarray, rest: np.ndarray, fps: float = 25.0
+) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """Baseline motion for ``audio16k`` as the offline pipeline makes it.
+
+    The audio is pushed in one-second pieces through an :class:`AudioWindower`
+    with the offline window length, and every window goes to the generator.
+
+    Returns:
+        ``(pose (N, 6), coeffs (N, 52), ms per frame of each window)``.
+    """
+    from model.baseline import BaselineGenerator
+    from streaming.offline import WINDOW_FRAMES
+    from streaming.windower import AudioWindower
+
+    generator = BaselineGenerator()
+    windower = AudioWindower(fps=fps, window_frames=WINDOW_FRAMES, context_ms=generator.context_ms,
+                             lookahead_ms=generator.lookahead_ms)
+    state = generator.initial_state(rest, 0)
+    poses, coeffs, per_frame = [], [], []
+
+    def run(windows: list) -> None:
+        nonlocal state
+        for window in windows:
+            t = time.perf_counter()
+            chunk, state = generator.generate(window, state)
+            per_frame.append(_ms_since(t) / max(1, len(chunk)))
+            poses.append(chunk.pose)
+            coeffs.append(chunk.coeffs)
+
+    step = windower.sample_rate
+    for i in range(0, len(audio16k), step):
+        run(windower.push(audio16k[i : i + step]))
+    run(windower.finish())
+    return np.concatenate(poses), np.concatenate(coeffs), per_frame
+
+
+def time_motion(audio16k: np.ndarray, rest: np.ndarray, reps: int) -> tuple[Timing, np.ndarray, np.ndarray]:
+    """Motion generation in ms per frame (per window, over ``reps`` passes); also the motion itself."""
+    make_motion(audio16k[: 16000 * 2], rest)  # first-call costs (numba cache of the mouth filter)
+    per_window: list[float] = []
+    total_ms = 0.0
+    frames = 0
+    for _ in range(reps):
+        t = time.perf_counter()
+        pose, coeffs, pw = make_motion(audio16k, rest)
+        total_ms += _ms_since(t)
+        frames += len(pose)
+        per_window += pw
+    # The mean is the throughput of whole passes, windowing and bookkeeping included.
+    return Timing.of(per_window, mean=total_ms / frames), pose, coeffs
+
+
+def render_frames(renderer, pose: np.ndarray, coeffs: np.ndarray, keep: bool = False) -> tuple[list[float], list]:
+    """Render every frame in order after ``WARMUP_FRAMES`` untimed calls; ms per frame (and the frames)."""
+    for i in range(min(WARMUP_FRAMES, len(pose))):
+        renderer.render(pose[i], coeffs[i])
+    times, frames = [], []
+    for i in range(len(pose)):
+        t = time.perf_counter()
+        frame = renderer.render(pose[i], coeffs[i])
+        times.append(_ms_since(t))
+        if keep:
+            frames.append(frame.copy())
+    return times, frames
+
+
+def time_encode(frames: list[np.ndarray], out: Path, fps: float = 25.0) -> dict[str, Timing | float]:
+    """H.264 encoding with the default ``Mp4Writer`` settings, video only.
+
+    x264 buffers frames and encodes them on its own threads, so single calls
+    vary a lot; the mean is the whole job (flush and file close included)
+    divided by the frames, which is what the pipeline pays.
+    """
+    from model.video_out import Mp4Writer
+
+    h, w = frames[0].shape[:2]
+    per_call = []
+    t0 = time.perf_counter()
+    with Mp4Writer(out, w, h, fps) as writer:
+        for frame in frames:
+            t = time.perf_counter()
+            writer.write_video(frame)
+            per_call.append(_ms_since(t))
+        t = time.perf_counter()
+    flush_ms = _ms_since(t)
+    total = _ms_since(t0)
+    return {"per_frame": Timing.of(per_call, mean=total / len(frames)), "flush_ms": flush_ms,
+            "mbytes": out.stat().st_size / 1e6}
+
+
+def time_decode(path: Path, reps: int) -> Timing:
+    """Decoding ``path`` in the offline pipeline's pieces (16 kHz mono + AAC-ready frames), ms per second of audio."""
+    from model.audio_io import open_audio
+
+    per_second = []
+    for _ in range(reps + 1):
+        source = open_audio(path)
+        t = time.perf_counter()
+        samples = sum(len(piece.mono16k) for piece in source.chunks())
+        per_second.append(_ms_since(t) / (samples / 16000.0))
+    return Timing.of(per_second[1:])  # the first pass only warms the page cache and codec setup
+
+
+def pinned_render(portrait: Path, motion: Path, cpu: int = 0, timeout_s: float = 900.0) -> dict:
+    """Time the renderer in a child process pinned to core ``cpu`` with one thread everywhere.
+
+    Args:
+        portrait: the portrait (its analysis is read from the cache the parent filled).
+        motion: ``.npz`` with the ``pose`` and ``coeffs`` arrays to render.
+
+    Returns:
+        ``{"ms": [per frame], "affinity": [cores], "threads": {...}}`` from the child.
+    """
+    import subprocess
+
+    out = motion.with_suffix(".json")
+    env = {**os.environ, **SINGLE_THREAD_ENV}
+    cmd = ["taskset", "-c", str(cpu), sys.executable, "-m", "bench.stages", "pinned", str(portrait), str(motion),
+           str(out)]
+    subprocess.run(cmd, env=env, check=True, timeout=timeout_s, cwd=Path(__file__).resolve().parent.parent)
+    return json.loads(out.read_text())
+
+
+def _pinned_child(portrait: str, motion: str, out: str) -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+    import numba
+
+    from streaming.offline import prepare_portrait
+
+    data = np.load(motion)
+    _, renderer = prepare_portrait(portrait)
+    times, _ = render_frames(renderer, data["pose"], data["coeffs"])
+    result = {
+        "ms": times,
+        "affinity": sorted(os.sched_getaffinity(0)),
+        "threads": {"cv2": cv2.getNumThreads(), "numba": numba.config.NUMBA_NUM_THREADS,
+                    "omp": os.environ.get("OMP_NUM_THREADS")},
+    }
+    Path(out).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="internal: the one-core render timing child of bench.run")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("pinned")
+    p.add_argument("portrait")
+    p.add_argument("motion")
+    p.add_argument("out")
+    args = parser.parse_args()
+    _pinned_child(args.portrait, args.motion, args.out)
