@@ -43,6 +43,12 @@ def _polygon_mask(shape: tuple[int, int], points: np.ndarray) -> np.ndarray:
     return mask.astype(bool)
 
 
+def _is_grayscale(image: np.ndarray) -> bool:
+    """True when the picture has (practically) no colour."""
+    sample = image[::4, ::4].astype(np.int16)
+    return bool(np.percentile(np.abs(sample - sample.mean(axis=2, keepdims=True)).max(axis=2), 99) <= 4)
+
+
 def _region_colour(image: np.ndarray, mask: np.ndarray, percentile: float, fallback: np.ndarray) -> np.ndarray:
     pixels = image[mask].astype(np.float32)
     if len(pixels) < 8:
@@ -155,6 +161,9 @@ def paint_mouth_textures(image: np.ndarray, landmarks: np.ndarray, width: int, s
     strip[0:th, 0:tw, :3] = _paint_teeth(tw, th, teeth, True, rng)
     strip[th : 2 * th, 0:tw, :3] = _paint_teeth(tw, th, teeth * 0.82, False, rng)
     strip[2 * th : 3 * th, 0:tw, :3] = _paint_tongue(tw, th, tongue)
+    if _is_grayscale(image):  # a black-and-white photo gets a black-and-white mouth
+        grey = strip[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        strip[..., :3] = np.clip(grey, 0, 255).astype(np.uint8)[..., None]
     cav_x = min(tw + 4, width - 2)
     return MouthTextures(
         strip=strip,
