@@ -270,4 +270,7 @@ class PortraitDeformer:
             (478, 3), or (T, 478, 3) for a batch.
         """
         delta = np.asarray(delta_coeffs, np.float32)
-        return (self._base + delta @ self.basis_px).reshape(delta.shape[:-1] + (N_LANDMARKS, 3))
+        # einsum, not @: a product this small must not wake BLAS's thread pool, whose spinning
+        # threads stalled every frame while the encoder thread held the other core.
+        offsets = np.einsum("...i,ij->...j", delta, self.basis_px)
+        return (self._base + offsets).reshape(delta.shape[:-1] + (N_LANDMARKS, 3))
