@@ -32,6 +32,19 @@ def _clip_span(lo_x: float, hi_x: float, ex: float, ey: float, e: float, py: int
     return lo_x, hi_x
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _plane(
+    e0: float, e0x: float, e0y: float, e1: float, e1x: float, e1y: float, qa: float, qb: float, qc: float
+) -> tuple[float, float, float]:
+    """Coefficients (q0, qx, qy) of the attribute plane through the corner values qa, qb, qc."""
+    da, db = qa - qc, qb - qc
+    return (
+        np.float32(e0 * da + e1 * db + qc),
+        np.float32(e0x * da + e1x * db),
+        np.float32(e0y * da + e1y * db),
+    )
+
+
 @numba.njit(cache=True, nogil=True, fastmath=True)
 def _draw(
     xy: np.ndarray,
@@ -52,6 +65,7 @@ def _draw(
     inv_full = np.float32(1.0 / 16711680.0)
     u_max = np.float32(atlas.shape[1] - 1.001)
     v_max = np.float32(atlas.shape[0] - 1.001)
+    # atlas is (Ha, Wa) uint32: one RGBA texel per element, R in the low byte.
     n_drawn = 0
     for t in range(tris.shape[0]):
         a, b, c = tris[t, 0], tris[t, 1], tris[t, 2]
@@ -78,6 +92,11 @@ def _draw(
         e0 = np.float32(((bx * cy) - (by * cx)) * inv)
         e1x, e1y = np.float32(-(ay - cy) * inv), np.float32((ax - cx) * inv)
         e1 = np.float32(((cx * ay) - (cy * ax)) * inv)
+        # Attributes as planes over the output: q(x, y) = q0 + qx * x + qy * y.
+        u0, ux, uy = _plane(e0, e0x, e0y, e1, e1x, e1y, uv[a, 0], uv[b, 0], uv[c, 0])
+        v0, vx, vy = _plane(e0, e0x, e0y, e1, e1x, e1y, uv[a, 1], uv[b, 1], uv[c, 1])
+        s0, sx, sy = _plane(e0, e0x, e0y, e1, e1x, e1y, shade[a], shade[b], shade[c])
+        shaded = shade[a] != 1.0 or shade[b] != 1.0 or shade[c] != 1.0
         for py in range(lo_y, hi_y + 1):
             # Span of this row inside all three half-planes (a little slack against cracks).
             lo_x, hi_x = _clip_span(float(lo_x0), float(hi_x0), e0x, e0y, e0, py)
@@ -85,24 +104,19 @@ def _draw(
             lo_x, hi_x = _clip_span(lo_x, hi_x, -e0x - e1x, -e0y - e1y, one - e0 - e1, py)
             x_start = max(int(np.ceil(lo_x)), 0)
             x_end = min(int(np.floor(hi_x)), w - 1)
+            fy = np.float32(py)
+            u_row, v_row, s_row = u0 + uy * fy, v0 + vy * fy, s0 + sy * fy
             for px in range(x_start, x_end + 1):
                 if drawn[py, px]:
                     continue
                 drawn[py, px] = True
                 n_drawn += 1
-                if still:
+                if still or static[py, px]:
                     continue
-                if static[py, px]:
-                    continue
-                fx, fy = np.float32(px), np.float32(py)
-                w0 = e0 + e0x * fx + e0y * fy
-                w1 = e1 + e1x * fx + e1y * fy
-                w2 = one - w0 - w1
-                u = w0 * uv[a, 0] + w1 * uv[b, 0] + w2 * uv[c, 0]
-                v = w0 * uv[a, 1] + w1 * uv[b, 1] + w2 * uv[c, 1]
-                s = w0 * shade[a] + w1 * shade[b] + w2 * shade[c]
-                u = min(max(u, zero), u_max)
-                v = min(max(v, zero), v_max)
+                fx = np.float32(px)
+                u = min(max(u_row + ux * fx, zero), u_max)
+                v = min(max(v_row + vx * fx, zero), v_max)
+                s = s_row + sx * fx if shaded else one
                 # Bilinear sampling in 8.8 fixed point: weights sum to 65536.
                 ui, vi = int(u * f256), int(v * f256)
                 iu, iv = ui >> 8, vi >> 8
@@ -113,22 +127,24 @@ def _draw(
                 k11 = fu * fv
                 p00, p01 = atlas[iv, iu], atlas[iv, iu + 1]
                 p10, p11 = atlas[iv + 1, iu], atlas[iv + 1, iu + 1]
-                alpha = k00 * np.int32(p00[3]) + k01 * np.int32(p01[3])
-                alpha += k10 * np.int32(p10[3]) + k11 * np.int32(p11[3])
+                alpha = k00 * (p00 >> 24) + k01 * (p01 >> 24) + k10 * (p10 >> 24) + k11 * (p11 >> 24)
                 moved = abs(u - fx) + abs(v - fy)
-                if alpha == 16711680 and s == one and moved >= half:
+                if alpha == 16711680 and not shaded and moved >= half:
                     # Inside the person, unshaded, clearly moved: the sample itself.
                     for ch in range(3):
-                        col = k00 * np.int32(p00[ch]) + k01 * np.int32(p01[ch]) + k10 * np.int32(p10[ch])
-                        out[py, px, ch] = np.uint8((col + k11 * np.int32(p11[ch]) + 32768) >> 16)
+                        sh = 8 * ch
+                        col = k00 * ((p00 >> sh) & 255) + k01 * ((p01 >> sh) & 255)
+                        col += k10 * ((p10 >> sh) & 255) + k11 * ((p11 >> sh) & 255)
+                        out[py, px, ch] = np.uint8((col + 32768) >> 16)
                     continue
                 opacity = np.float32(alpha) * inv_full
                 # Sub-pixel motion blends towards the photo so still areas stay exact.
-                mix = one if s != one else min(one, np.float32(2.0) * moved)
+                mix = one if shaded else min(one, np.float32(2.0) * moved)
                 sa = s * opacity * inv_w
                 for ch in range(3):
-                    col = k00 * np.int32(p00[ch]) + k01 * np.int32(p01[ch]) + k10 * np.int32(p10[ch])
-                    col += k11 * np.int32(p11[ch])
+                    sh = 8 * ch
+                    col = k00 * ((p00 >> sh) & 255) + k01 * ((p01 >> sh) & 255)
+                    col += k10 * ((p10 >> sh) & 255) + k11 * ((p11 >> sh) & 255)
                     o = np.float32(original[py, px, ch])
                     comp = np.float32(col) * sa + np.float32(background[py, px, ch]) * (one - opacity)
                     out[py, px, ch] = np.uint8(min(f255, max(zero, o + mix * (comp - o) + half)))
@@ -149,7 +165,9 @@ class Rasterizer:
     def __init__(
         self, atlas: np.ndarray, original: np.ndarray, background: np.ndarray, static: np.ndarray | None = None
     ) -> None:
-        self.atlas = np.ascontiguousarray(atlas)
+        rgba = np.ascontiguousarray(atlas, dtype=np.uint8)
+        # One 32-bit load per texel (little-endian: R in the low byte, matte alpha in the high one).
+        self.atlas = rgba.view("<u4").reshape(rgba.shape[:2])
         self.original = np.ascontiguousarray(original)
         self.background = np.ascontiguousarray(background)
         self.static = np.zeros(original.shape[:2], np.bool_) if static is None else np.ascontiguousarray(static)
