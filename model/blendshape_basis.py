@@ -148,6 +148,10 @@ class BlendshapeBasis:
         rigid_idx: (K,) int landmark indices used for the head-pose fit.
         names: the 52 coefficient names.
         regions: ``{name: (M,) int landmark indices}`` for mouth, eyes, brows, jaw.
+        supported: (52,) bool; False where the training data never exercised the
+            coefficient (tongueOut, cheekPuff, cheekSquint*, noseSneer*, ...): zero basis.
+        coeff_p99: (52,) float32 99th percentile of each coefficient in the training
+            video frames; the linear model is trustworthy up to about there.
         meta: training provenance and held-out validation numbers (from the file).
     """
 
@@ -156,6 +160,8 @@ class BlendshapeBasis:
     rigid_idx: np.ndarray
     names: tuple[str, ...] = ARKIT_NAMES
     regions: dict[str, np.ndarray] = field(default_factory=dict)
+    supported: np.ndarray = field(default_factory=lambda: np.ones(N_COEFFS, bool))
+    coeff_p99: np.ndarray = field(default_factory=lambda: np.ones(N_COEFFS, np.float32))
     meta: dict = field(default_factory=dict)
 
     @classmethod
@@ -177,7 +183,9 @@ class BlendshapeBasis:
                 rigid_idx=z["rigid_idx"].astype(np.int64),
                 names=names,
                 regions=regions,
-                meta=json.loads(str(z["meta_json"])) if "meta_json" in z.files else {},
+                supported=z["supported"].astype(bool),
+                coeff_p99=z["coeff_p99"].astype(np.float32),
+                meta=json.loads(str(z["meta_json"])),
             )
 
     def align(self, landmarks_px: np.ndarray) -> Similarity:

