@@ -154,6 +154,7 @@ def mediapipe_frontal(landmarks: np.ndarray, matrix: np.ndarray) -> np.ndarray:
 
     The matrix's rotation lives in a y-up, z-towards-viewer camera frame; conjugating
     with diag(1, -1, -1) turns it into our y-down, z-away pixel frame.
+    landmarks: (478, 3) pixels; matrix: (4, 4) -> (478, 3) in the canonical frame.
     """
     d = np.diag([1.0, -1.0, -1.0])
     u, _, vt = np.linalg.svd(d @ matrix[:3, :3].astype(np.float64) @ d)
@@ -166,6 +167,7 @@ def build_template(videos: list[dict], n_iter: int = 4) -> np.ndarray:
 
     Starts from frames frontalised with MediaPipe's own head pose, then alternates aligning
     every frame to the template and re-averaging (one mean per video, then across videos).
+    Returns the (478, 3) template in the canonical frame.
     """
     pairs = [zip(v["landmarks"], v["matrix"], strict=True) for v in videos]
     starts = [np.mean([mediapipe_frontal(lm, m) for lm, m in p], axis=0) for p in pairs]
