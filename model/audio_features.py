@@ -104,8 +104,14 @@ def _periodicity(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # Normalise by the overlap so long lags are not penalised.
     ac = ac / energy * (WIN / (WIN - np.arange(_MAX_LAG + 1)))
     search = ac[:, _MIN_LAG : _MAX_LAG + 1]
-    lag = np.argmax(search, axis=1) + _MIN_LAG
-    peak = np.clip(search.max(axis=1), 0.0, 1.0)
+    peak = search.max(axis=1)
+    # The period is the shortest lag whose peak nearly matches the best one: multiples of the
+    # period peak just as high, and taking the largest would read octaves (or more) too low.
+    local = np.zeros_like(search, dtype=bool)
+    local[:, 1:-1] = (search[:, 1:-1] >= search[:, :-2]) & (search[:, 1:-1] >= search[:, 2:])
+    candidate = local & (search >= 0.9 * peak[:, None])
+    lag = np.where(candidate.any(axis=1), np.argmax(candidate, axis=1), np.argmax(search, axis=1)) + _MIN_LAG
+    peak = np.clip(peak, 0.0, 1.0)
     pitch = np.where(peak > 0.45, SAMPLE_RATE / lag, 0.0)
     return peak.astype(np.float32), pitch.astype(np.float32)
 

@@ -40,6 +40,24 @@ def _rng(seed: int, stream: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed & 0xFFFFFFFF, stream, index])
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(x: int) -> int:
+    """splitmix64's finaliser: a well-mixed 64-bit hash of x."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def _frame_normals(seed: int, frame: int) -> tuple[float, float, float]:
+    """Three standard normal draws for one frame, from a counter hash (a Generator per frame is slow)."""
+    u = [(_mix64(((seed & 0xFFFFFFFF) << 32) ^ (frame * 8 + k) ^ 0x5EED) >> 11) / 2.0**53 for k in range(4)]
+    r1, r2 = math.sqrt(-2.0 * math.log(max(u[0], 1e-300))), math.sqrt(-2.0 * math.log(max(u[2], 1e-300)))
+    return r1 * math.cos(2 * math.pi * u[1]), r1 * math.sin(2 * math.pi * u[1]), r2 * math.cos(2 * math.pi * u[3])
+
+
 def blink_profile(since_s: float) -> float:
     """Lid closure (0 open .. 1 closed) ``since_s`` seconds after a blink starts."""
     if since_s < 0 or since_s > 0.32:
@@ -61,9 +79,10 @@ class BaselineState:
     mouth: MouthFilter
     head_ou: tuple[float, float, float]  # slow random drift (deg)
     head_smooth: tuple[float, float, float]  # drift after smoothing (deg)
-    nod: tuple[float, float]  # nod spring: angle (deg), velocity
+    nod: tuple[float, float, float]  # nod spring: angle (deg), velocity, low-passed stress drive
     level_slow: float  # slow average of loudness, for stress detection
     pitch_stats: tuple[float, float]  # running mean and variance of log F0
+    lift: float  # smoothed chin lift from pitch (deg)
     speech_prev: float  # speech activity of the previous frame
     blink_count: int
     blink_start_s: float
@@ -87,8 +106,8 @@ class BaselineGenerator:
         first_blink = 0.8 + float(_rng(seed, 2, 0).gamma(2.5, _BLINK_MEAN_S / 2.5))
         return BaselineState(
             seed=int(seed), rest=rest, next_frame=0, mouth=MouthFilter.start(),
-            head_ou=(0.0, 0.0, 0.0), head_smooth=(0.0, 0.0, 0.0), nod=(0.0, 0.0), level_slow=0.0,
-            pitch_stats=(math.log(150.0), 0.1), speech_prev=0.0,
+            head_ou=(0.0, 0.0, 0.0), head_smooth=(0.0, 0.0, 0.0), nod=(0.0, 0.0, 0.0), level_slow=0.0,
+            pitch_stats=(math.log(150.0), 0.1), lift=0.0, speech_prev=0.0,
             blink_count=0, blink_start_s=-10.0, next_blink_s=first_blink,
             saccade_count=0, next_saccade_s=1.0 + float(_rng(seed, 3, 0).gamma(2.0, _SACCADE_MEAN_S / 2.0)),
             gaze_from=(0.0, 0.0), gaze_to=(0.0, 0.0), saccade_start_s=-10.0,
@@ -135,7 +154,6 @@ class BaselineGenerator:
         """Pose and coefficients of one frame; returns the advanced state."""
         t = frame / fps
         dt = 1.0 / fps
-        rng = _rng(st.seed, 1, frame)
         rest = st.rest
         coeffs = rest.copy()
         # Mouth: silence closes the lips (even a photo's open smile), speech adds the articulation.
@@ -148,25 +166,30 @@ class BaselineGenerator:
         sigma = np.array([1.0, 0.6, 0.6]) + speech * np.array([1.0, 0.7, 0.6])
         tau = 2.5 - speech
         decay = math.exp(-dt / tau)
-        ou = np.array(st.head_ou) * decay + sigma * math.sqrt(1 - decay * decay) * rng.standard_normal(3)
+        noise = np.array(_frame_normals(st.seed, frame))
+        ou = np.array(st.head_ou) * decay + sigma * math.sqrt(1 - decay * decay) * noise
         k_smooth = 1.0 - math.exp(-dt / 0.35)
         smooth = np.array(st.head_smooth) + k_smooth * (ou - np.array(st.head_smooth))
         # Stress: loudness jumping above its slow average nods the head and lifts the brows.
         accent = max(0.0, level - st.level_slow - 0.15) * speech
         level_slow = st.level_slow + (1.0 - math.exp(-dt / 0.4)) * (level - st.level_slow)
-        angle, vel = st.nod
-        omega = 2 * math.pi * 1.6
-        acc = omega * omega * (accent * 9.0 - angle) - 2 * 0.75 * omega * vel
+        # The nod follows the stress through a low-pass and a damped spring: a syllable's
+        # loudness flickers from frame to frame, a head does not.
+        angle, vel, drive = st.nod
+        drive += (1.0 - math.exp(-dt / 0.12)) * (accent * 7.0 - drive)
+        omega = 2 * math.pi * 1.2
+        acc = omega * omega * (drive - angle) - 2 * 0.8 * omega * vel
         vel += acc * dt
         angle += vel * dt
-        # Higher pitch lifts the chin a little.
+        # Higher pitch lifts the chin a little, smoothly (pitch itself jumps from frame to frame).
         mean, var = st.pitch_stats
-        lift = 0.0
+        lift_target = 0.0
         if f0 > 0:
             lf = math.log(f0)
             mean += 0.02 * (lf - mean)
             var += 0.02 * ((lf - mean) ** 2 - var)
-            lift = float(np.clip((lf - mean) / math.sqrt(max(var, 1e-3)), -2, 2)) * 0.8 * speech
+            lift_target = float(np.clip((lf - mean) / math.sqrt(max(var, 1e-3)), -2, 2)) * 0.8 * speech
+        lift = st.lift + (1.0 - math.exp(-dt / 0.4)) * (lift_target - st.lift)
         breath = 0.35 * math.sin(2 * math.pi * t / 4.2)
         yaw, pitch, roll = smooth[0], smooth[1] + angle - lift + breath, smooth[2]
         pose = np.array([yaw, pitch, roll, 0.0, 0.002 * math.sin(2 * math.pi * t / 4.2), 1.0], np.float32)
@@ -174,8 +197,8 @@ class BaselineGenerator:
         brow = min(0.35, max(0.0, angle) * 0.06)
         for name in ("browInnerUp", "browOuterUpLeft", "browOuterUpRight"):
             coeffs[_C[name]] = min(1.0, float(rest[_C[name]]) + brow)
-        st = dataclasses.replace(st, head_ou=tuple(ou), head_smooth=tuple(smooth), nod=(angle, vel),
-                                 level_slow=level_slow, pitch_stats=(mean, var), speech_prev=speech)
+        st = dataclasses.replace(st, head_ou=tuple(ou), head_smooth=tuple(smooth), nod=(angle, vel, drive),
+                                 level_slow=level_slow, pitch_stats=(mean, var), lift=lift, speech_prev=speech)
         st, closure = self._blink(st, t, speech)
         for side in ("Left", "Right"):
             coeffs[_C["eyeBlink" + side]] = max(float(rest[_C["eyeBlink" + side]]), 0.95 * closure)

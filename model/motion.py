@@ -142,7 +142,7 @@ class AudioWindow:
         sample_rate: audio sample rate (16000).
         first_sample: stream index of ``samples[0]`` (negative at the start).
         samples: (N,) float32 mono audio.
-        final: True for the last window of a stream.
+        final: True for the last window of a stream (which may drive no frames).
     """
 
     start_frame: int

@@ -79,6 +79,8 @@ class AudioWindower:
         while self.next_frame < total_frames:
             n = min(self.window_frames, total_frames - self.next_frame)
             out.append(self._cut(n, final=self.next_frame + n >= total_frames))
+        if not out:  # push() already released every frame: mark the end with an empty window
+            out.append(self._cut(0, final=True))
         return out
 
     def _cut(self, n_frames: int, final: bool) -> AudioWindow:

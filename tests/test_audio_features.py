@@ -56,13 +56,6 @@ def test_pulse_train_is_voiced_at_its_pitch(f0: float) -> None:
     np.testing.assert_allclose(f.pitch_hz, f0, rtol=0.02)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="audio_features._periodicity: the overlap normalisation WIN / (WIN - lag) lifts the autocorrelation "
-    "at 2 or 3 periods to (or above) the height of the first one, and argmax takes the largest peak over all lags with "
-    "no preference for the shortest period; clean harmonic tones at e.g. 150, 200, 230, 300 Hz read an octave or more "
-    "low on many hops (200 Hz -> 100 Hz)",
-)
 def test_harmonic_tones_read_their_own_pitch() -> None:
     wrong = {}
     for f0 in range(100, 305, 10):

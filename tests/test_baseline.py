@@ -239,16 +239,7 @@ def test_head_moves_without_jumps(five_minutes: MotionChunk, axis: str, max_step
     [
         "yaw",
         "roll",
-        pytest.param(
-            "pitch",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="baseline.py BaselineGenerator._frame: the chin 'lift' (z-score of the frame's median log "
-                "F0, clip +-2, x 0.8 deg) is added to pitch unsmoothed, so frame-to-frame F0 changes, and the "
-                "octave errors of audio_features._periodicity, make the head jitter up and down between "
-                "consecutive frames (dozens of >0.2 deg reversals a minute of speech; none without the lift)",
-            ),
-        ),
+        "pitch",
     ],
 )
 def test_head_does_not_jitter(five_minutes: MotionChunk, axis: str) -> None:
