@@ -50,23 +50,64 @@ CHIN = 152
 NOSE_BRIDGE = 168
 
 
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+
+
+def _proto_fields(data: bytes) -> dict[int, list[bytes | int]]:
+    """Top-level fields of a protobuf message: number -> values (bytes for length-delimited ones)."""
+    fields: dict[int, list[bytes | int]] = {}
+    pos = 0
+    while pos < len(data):
+        key, pos = _read_varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _read_varint(data, pos)
+        elif wire == 2:
+            size, pos = _read_varint(data, pos)
+            value, pos = data[pos : pos + size], pos + size
+        elif wire in (1, 5):
+            size = 8 if wire == 1 else 4
+            value, pos = data[pos : pos + size], pos + size
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        fields.setdefault(number, []).append(value)
+    return fields
+
+
 @functools.lru_cache(maxsize=1)
 def skin_triangles() -> np.ndarray:
     """(852, 3) int32 triangles of MediaPipe's canonical face mesh, with holes.
 
-    The canonical mesh (read from the geometry metadata inside
-    ``face_landmarker.task``) fills the eye openings and the mouth; those
-    triangles (all three corners on one opening's loop) are removed, so the
-    renderer can show the eyes and the mouth interior through the holes.
+    The canonical mesh (``GeometryPipelineMetadata.canonical_mesh.index_buffer``
+    inside ``face_landmarker.task``; read with a few lines of protobuf wire
+    decoding, because importing MediaPipe costs most of a second) fills the eye
+    openings and the mouth; those triangles (all three corners on one
+    opening's loop) are removed, so the renderer can show the eyes and the
+    mouth interior through the holes.
     """
-    from mediapipe.modules.face_geometry.protos import geometry_pipeline_metadata_pb2 as pb
-
     from model.landmarker import landmarker_task_path
 
-    meta = pb.GeometryPipelineMetadata()
     with zipfile.ZipFile(landmarker_task_path()) as task:
-        meta.ParseFromString(task.read("geometry_pipeline_metadata_landmarks.binarypb"))
-    tris = np.asarray(meta.canonical_mesh.index_buffer, np.int32).reshape(-1, 3)
+        meta = task.read("geometry_pipeline_metadata_landmarks.binarypb")
+    mesh = _proto_fields(_proto_fields(meta)[1][0])  # field 1: canonical_mesh (Mesh3d)
+    indices: list[int] = []
+    for item in mesh[4]:  # field 4: index_buffer, uint32 varints, one by one or packed
+        if isinstance(item, int):
+            indices.append(item)
+            continue
+        pos = 0
+        while pos < len(item):
+            value, pos = _read_varint(item, pos)
+            indices.append(value)
+    tris = np.asarray(indices, np.int32).reshape(-1, 3)
     in_hole = np.zeros(len(tris), bool)
     for loop in (INNER_LIPS, RIGHT_EYE, LEFT_EYE):
         in_hole |= np.isin(tris, loop).all(axis=1)

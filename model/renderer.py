@@ -17,7 +17,6 @@ from collections.abc import Callable
 
 import cv2
 import numpy as np
-from scipy.spatial import Delaunay
 
 from model.framing import FramedPortrait
 from model.mesh import (
@@ -87,6 +86,21 @@ def fill_background(image: np.ndarray, matte: np.ndarray) -> np.ndarray:
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
+def delaunay(points: np.ndarray) -> np.ndarray:
+    """(T, 3) int32 Delaunay triangles of (N, 2) points (OpenCV's subdivision; scipy costs a slow import)."""
+    pts = np.asarray(points, np.float32)
+    lo, hi = pts.min(axis=0) - 1, pts.max(axis=0) + 1
+    subdiv = cv2.Subdiv2D((int(np.floor(lo[0])), int(np.floor(lo[1])), int(np.ceil(hi[0] - lo[0])) + 1,
+                           int(np.ceil(hi[1] - lo[1])) + 1))
+    subdiv.insert([(float(x), float(y)) for x, y in pts])
+    corners = subdiv.getTriangleList().reshape(-1, 3, 2)
+    # Map corners back to point indices; triangles touching Subdiv2D's outer frame are dropped.
+    d = np.linalg.norm(corners[:, :, None, :] - pts[None, None, :, :], axis=3)
+    idx = d.argmin(axis=2)
+    keep = (d.min(axis=2) < 1e-3).all(axis=1)
+    return idx[keep].astype(np.int32)
+
+
 def _eye_patch(rest: np.ndarray, loop: np.ndarray, iris: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """An eye patch: (source xyz (V,3), triangles, index of the iris vertices).
 
@@ -98,7 +112,7 @@ def _eye_patch(rest: np.ndarray, loop: np.ndarray, iris: np.ndarray) -> tuple[np
     centre = contour.mean(axis=0)
     rim = centre + (contour - centre) * 1.5
     pts = np.concatenate([contour, rim, rest[iris]]).astype(np.float32)
-    tris = Delaunay(pts[:, :2]).simplices.astype(np.int32)
+    tris = delaunay(pts[:, :2])
     iris_idx = np.arange(2 * len(loop), 2 * len(loop) + len(iris))
     return pts, tris, iris_idx
 

@@ -160,7 +160,9 @@ def render_file(
     width, height = framed.size
     motion_s = render_s = 0.0
     frames = 0
-    with Mp4Writer(out, width, height, fps, audio_rate=source.mux_rate, audio_layout=source.mux_layout) as writer:
+    # One encoder thread: rendering keeps the other core (x264 would otherwise take both).
+    with Mp4Writer(out, width, height, fps, audio_rate=source.mux_rate, audio_layout=source.mux_layout,
+                   threads=1) as writer:
         encoder = _EncoderThread(writer)
         try:
             def emit(windows: list[AudioWindow]) -> None:
