@@ -9,7 +9,7 @@ samples the atlas bilinearly and composites the sample by its matte over the
 background fill, all in one pass. Triangles are drawn from the top layer
 down and a pixel is drawn once, which resolves occlusion (skin over the
 mouth interior, lips over teeth) without a depth buffer and without
-overdraw. Pixels that do not move keep the photo's exact values. It is
+overdraw. Triangles that do not move keep the photo's exact pixels. It is
 compiled with numba because it runs once per video frame on the hot path.
 """
 
@@ -128,26 +128,28 @@ def _draw(
                 p00, p01 = atlas[iv, iu], atlas[iv, iu + 1]
                 p10, p11 = atlas[iv + 1, iu], atlas[iv + 1, iu + 1]
                 alpha = k00 * (p00 >> 24) + k01 * (p01 >> 24) + k10 * (p10 >> 24) + k11 * (p11 >> 24)
-                moved = abs(u - fx) + abs(v - fy)
-                if alpha == 16711680 and not shaded and moved >= half:
-                    # Inside the person, unshaded, clearly moved: the sample itself.
+                if alpha == 16711680 and not shaded:
+                    # Inside the person, unshaded: the sample itself.
                     for ch in range(3):
                         sh = 8 * ch
                         col = k00 * ((p00 >> sh) & 255) + k01 * ((p01 >> sh) & 255)
                         col += k10 * ((p10 >> sh) & 255) + k11 * ((p11 >> sh) & 255)
                         out[py, px, ch] = np.uint8((col + 32768) >> 16)
                     continue
+                if alpha == 0:
+                    # Scenery near the person that the person does not cover now: the background fill.
+                    for ch in range(3):
+                        out[py, px, ch] = background[py, px, ch]
+                    continue
+                # At the person's edge (or shaded): composite over the background fill.
                 opacity = np.float32(alpha) * inv_full
-                # Sub-pixel motion blends towards the photo so still areas stay exact.
-                mix = one if shaded else min(one, np.float32(2.0) * moved)
                 sa = s * opacity * inv_w
                 for ch in range(3):
                     sh = 8 * ch
                     col = k00 * ((p00 >> sh) & 255) + k01 * ((p01 >> sh) & 255)
                     col += k10 * ((p10 >> sh) & 255) + k11 * ((p11 >> sh) & 255)
-                    o = np.float32(original[py, px, ch])
                     comp = np.float32(col) * sa + np.float32(background[py, px, ch]) * (one - opacity)
-                    out[py, px, ch] = np.uint8(min(f255, max(zero, o + mix * (comp - o) + half)))
+                    out[py, px, ch] = np.uint8(min(f255, max(zero, comp + half)))
     return n_drawn
 
 

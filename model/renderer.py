@@ -134,7 +134,10 @@ class Renderer:
         self.rest = rest
         w, h = portrait.size
         self.textures = paint_mouth_textures(portrait.image, rest, w)
-        matte_u8 = np.round(portrait.matte * 255).astype(np.uint8)
+        # Snap the matte's near-certain values: the rasteriser composites only where the person's
+        # opacity is partial, and a matte that is 0.99 all over would send every pixel that way.
+        matte = np.where(portrait.matte > 0.97, 1.0, np.where(portrait.matte < 0.03, 0.0, portrait.matte))
+        matte_u8 = np.round(matte * 255).astype(np.uint8)
         atlas = np.concatenate([np.dstack([portrait.image, matte_u8]), self.textures.strip])
         self.background = fill_background(portrait.image, portrait.matte)
         oval = rest[FACE_OVAL]
