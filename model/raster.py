@@ -61,6 +61,7 @@ def _draw(
     h, w = drawn.shape
     zero, one, half, f255 = np.float32(0.0), np.float32(1.0), np.float32(0.5), np.float32(255.0)
     f256 = np.float32(256.0)
+    tiny = np.float32(0.1)
     inv_w = np.float32(1.0 / 65536.0)
     inv_full = np.float32(1.0 / 16711680.0)
     u_max = np.float32(atlas.shape[1] - 1.001)
@@ -116,6 +117,8 @@ def _draw(
                 fx = np.float32(px)
                 u = min(max(u_row + ux * fx, zero), u_max)
                 v = min(max(v_row + vx * fx, zero), v_max)
+                if not shaded and abs(u - fx) + abs(v - fy) < tiny:
+                    continue  # moved less than a tenth of a pixel: the photo's own pixel is the answer
                 s = s_row + sx * fx if shaded else one
                 # Bilinear sampling in 8.8 fixed point: weights sum to 65536.
                 ui, vi = int(u * f256), int(v * f256)
