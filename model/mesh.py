@@ -153,7 +153,7 @@ class SurroundMesh:
 
 
 #: (scale about the face centre, how much that ring follows the head)
-SURROUND_RINGS = ((1.3, 1.0), (1.6, 0.7), (1.95, 0.0))
+SURROUND_RINGS = ((1.25, 1.0), (1.5, 0.7), (1.8, 0.0))
 
 
 def build_surround(landmarks: np.ndarray, frame_wh: tuple[int, int]) -> SurroundMesh:
