@@ -158,7 +158,6 @@ class Renderer:
         # Vertex blocks: landmarks | surround rings | mouth interior | right eye | left eye.
         # Everything but the positions (and a few shades) is fixed per portrait.
         n_face, n_ring, n_mouth = len(rest), len(surround.points), len(self.mouth.uv)
-        self._ring = surround.points
         o_mouth = n_face + n_ring
         o_eye = o_mouth + n_mouth
         eye_offsets = [o_eye, o_eye + len(self.eyes[0][0])]
