@@ -29,6 +29,7 @@ from model.framing import FramedPortrait, frame_portrait
 from model.motion import AudioWindow, MotionGenerator
 from model.portrait import analyze_portrait
 from model.renderer import Renderer
+from model.still_motion import StillGenerator
 from model.video_out import Mp4Writer
 from streaming.windower import AudioWindower
 
@@ -37,7 +38,7 @@ WINDOW_FRAMES = 25
 #: Frames rendered ahead of the encoder at most (bounded memory).
 ENCODE_QUEUE_FRAMES = 8
 
-GENERATORS: dict[str, Callable[[], MotionGenerator]] = {"baseline": BaselineGenerator}
+GENERATORS: dict[str, Callable[[], MotionGenerator]] = {"baseline": BaselineGenerator, "still": StillGenerator}
 
 ProgressFn = Callable[[float, float | None], None]
 
