@@ -1,0 +1,332 @@
+"""Numbers that compare a generated talking video with a real one, from per-frame curves.
+
+``emote eval`` renders a real talking video's first frame with that video's
+audio, measures both videos the same way (:mod:`model.face_tracks`), and
+reduces the measurements to the numbers here: lip sync as the correlation of
+mouth-opening curves, the audio-to-mouth lag, mouth opening in voice-free
+stretches, blinks per minute, head-pose spread and speed, and how much the
+background flickers. Everything is plain numpy on curves sampled once per
+video frame; NaN marks a frame without a face and is skipped, never guessed.
+Sign convention for lags: a positive lag means the second curve happens
+*later* than the first (e.g. the mouth moves after the sound).
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import NamedTuple
+
+import numpy as np
+
+from model.blendshape_basis import BlendshapeBasis
+
+SAMPLE_RATE = 16000
+
+
+def _same_length(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    a = np.asarray(a, np.float64).ravel()
+    b = np.asarray(b, np.float64).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"curves must have the same number of frames, got {a.size} and {b.size}")
+    return a, b
+
+
+def _is_constant(x: np.ndarray) -> bool:
+    """Whether a finite curve is flat up to float rounding (1e-9 of its magnitude)."""
+    return bool(np.ptp(x) <= 1e-9 * max(float(np.abs(x).max()), 1e-300))
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two per-frame curves, ignoring frames where either is NaN.
+
+    Args:
+        a: (T,) curve, any unit.
+        b: (T,) curve, any unit.
+
+    Returns:
+        r in [-1, 1]; 0.0 when fewer than 3 frames are valid in both or either curve
+        is constant over them (a frozen face correlates with nothing).
+    """
+    a, b = _same_length(a, b)
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3:
+        return 0.0
+    a, b = a[ok], b[ok]
+    if _is_constant(a) or _is_constant(b):
+        return 0.0
+    a0, b0 = a - a.mean(), b - b.mean()
+    na, nb = np.sqrt((a0**2).sum()), np.sqrt((b0**2).sum())
+    return float(np.clip((a0 @ b0) / (na * nb), -1.0, 1.0))
+
+
+def frame_bounds(n_frames: int, fps: float) -> np.ndarray:
+    """(n_frames + 1,) sample indices at 16 kHz where video frames begin; frame i is ``[b[i], b[i+1])``."""
+    return np.round(np.arange(n_frames + 1) * (SAMPLE_RATE / fps)).astype(np.int64)
+
+
+def audio_envelope(samples_16k: np.ndarray, n_frames: int, fps: float, *, db: bool = False) -> np.ndarray:
+    """Loudness of the audio during each video frame.
+
+    Args:
+        samples_16k: (N,) mono samples at 16 kHz in [-1, 1]; missing samples past the end count as silence.
+        n_frames: number of video frames T.
+        fps: video frame rate; frame i covers ``[i / fps, (i + 1) / fps)`` seconds.
+        db: return dBFS (floored at -100) instead of linear RMS.
+
+    Returns:
+        (T,) float64 RMS amplitude (full scale = 1), or its level in dBFS.
+    """
+    x = np.asarray(samples_16k, np.float64).ravel()
+    bounds = frame_bounds(n_frames, fps)
+    energy = np.concatenate([[0.0], np.cumsum(x**2)])
+    idx = np.minimum(bounds, len(x))
+    rms = np.sqrt(np.maximum(np.diff(energy[idx]), 0.0) / np.maximum(np.diff(bounds), 1))
+    return 20.0 * np.log10(np.maximum(rms, 1e-5)) if db else rms
+
+
+def lagged_correlations(reference: np.ndarray, signal: np.ndarray, max_lag: int) -> np.ndarray:
+    """Pearson r of ``signal`` against ``reference`` for every lag -max_lag..max_lag.
+
+    At lag k, ``signal[t]`` is compared with ``reference[t - k]`` over the frames both
+    exist, so a positive k means the signal happens k frames after the reference.
+
+    Args:
+        reference: (T,) curve, e.g. the audio envelope.
+        signal: (T,) curve, e.g. mouth opening.
+        max_lag: largest lag tried, in frames (>= 0).
+
+    Returns:
+        (2 * max_lag + 1,) correlations; entry ``k + max_lag`` belongs to lag k.
+    """
+    ref, sig = _same_length(reference, signal)
+    n = ref.size
+    out = np.zeros(2 * max_lag + 1)
+    for k in range(-max_lag, max_lag + 1):
+        if abs(k) >= n - 2:
+            continue
+        out[k + max_lag] = pearson(ref[: n - k], sig[k:]) if k >= 0 else pearson(ref[-k:], sig[: n + k])
+    return out
+
+
+def best_lag(reference: np.ndarray, signal: np.ndarray, max_lag: int) -> int:
+    """Lag in frames at which ``signal`` best follows ``reference`` (highest Pearson r).
+
+    Positive: the signal lags behind the reference, ``signal[t] ≈ reference[t - k]``;
+    a copy delayed by k frames gives k. Ties go to the smallest |k|.
+
+    Args:
+        reference: (T,) curve.
+        signal: (T,) curve.
+        max_lag: largest |k| tried, in frames.
+    """
+    r = lagged_correlations(reference, signal, max_lag)
+    lags = np.arange(-max_lag, max_lag + 1)
+    best = r.max()
+    return int(min(lags[r >= best - 1e-12], key=abs))
+
+
+def audio_mouth_lag(envelope: np.ndarray, mouth_opening: np.ndarray, max_lag: int = 8) -> int:
+    """Frames by which the mouth opening trails the audio envelope (positive = mouth after sound).
+
+    Args:
+        envelope: (T,) per-frame loudness from :func:`audio_envelope`.
+        mouth_opening: (T,) per-frame mouth opening (e.g. ``FaceTracks.mouth_opening``).
+        max_lag: largest |lag| tried, in frames.
+    """
+    return best_lag(envelope, mouth_opening, max_lag)
+
+
+def shift_frames(curve: np.ndarray, k: int) -> np.ndarray:
+    """Delay a per-frame curve by k frames (k < 0 advances it), repeating the edge value.
+
+    ``shift_frames(x, k)[t] == x[t - k]`` wherever ``t - k`` is inside the curve.
+    """
+    x = np.asarray(curve)
+    idx = np.clip(np.arange(len(x)) - k, 0, len(x) - 1)
+    return x[idx]
+
+
+def _running_median(x: np.ndarray, window: int) -> np.ndarray:
+    """Centred running median of width ``window`` (odd), NaN-aware; NaN where a window holds no value."""
+    half = window // 2
+    padded = np.pad(x, half, mode="edge") if x.size else x
+    windows = np.lib.stride_tricks.sliding_window_view(padded, window)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "All-NaN slice encountered", RuntimeWarning)
+        return np.nanmedian(windows, axis=1)
+
+
+def blink_onsets(eye_opening: np.ndarray, fps: float, *, close: float = 0.55, reopen: float = 0.75,
+                 window_s: float = 3.0) -> np.ndarray:
+    """Frames at which the eyes close, each blink counted once.
+
+    The eyes count as closed when their opening drops below ``close`` times the running
+    median (a ``window_s`` window, so slow changes of head pose do not count), and as
+    open again only once it climbs above ``reopen`` times the median (hysteresis).
+    Frames without a face (NaN) change nothing.
+
+    Args:
+        eye_opening: (T,) lid gap per frame (e.g. ``FaceTracks.eye_opening``), any unit.
+        fps: frame rate.
+        close: closing threshold as a fraction of the running median.
+        reopen: reopening threshold, >= ``close``.
+        window_s: length of the running median in seconds.
+
+    Returns:
+        (B,) int indices of the first closed frame of each blink.
+    """
+    x = np.asarray(eye_opening, np.float64).ravel()
+    window = max(3, int(round(window_s * fps)) | 1)
+    baseline = _running_median(x, window)
+    onsets, closed = [], False
+    for t in range(x.size):
+        if not (np.isfinite(x[t]) and np.isfinite(baseline[t])) or baseline[t] <= 0:
+            continue
+        if not closed and x[t] < close * baseline[t]:
+            closed = True
+            onsets.append(t)
+        elif closed and x[t] > reopen * baseline[t]:
+            closed = False
+    return np.asarray(onsets, np.int64)
+
+
+def blinks_per_minute(eye_opening: np.ndarray, fps: float) -> float:
+    """Blink rate: :func:`blink_onsets` per minute of video (a frozen face gives 0.0).
+
+    Args:
+        eye_opening: (T,) lid gap per frame.
+        fps: frame rate.
+    """
+    minutes = len(eye_opening) / fps / 60.0
+    return float(len(blink_onsets(eye_opening, fps)) / minutes) if minutes > 0 else 0.0
+
+
+@functools.lru_cache(maxsize=1)
+def _basis() -> BlendshapeBasis:
+    return BlendshapeBasis.load()
+
+
+def head_pose_curves(landmarks_seq: np.ndarray) -> np.ndarray:
+    """Head yaw, pitch and roll per frame from face landmarks.
+
+    Each frame's rigid landmarks are fitted to the shipped canonical face
+    (:meth:`BlendshapeBasis.align`); the angles follow :meth:`Similarity.yaw_pitch_roll`
+    (yaw > 0 turns the face to the viewer's left, pitch > 0 lifts the chin, roll > 0
+    tilts it clockwise on screen).
+
+    Args:
+        landmarks_seq: (T, 478, 3) pixel-space landmarks (``FaceTracks.landmarks``).
+
+    Returns:
+        (T, 3) float64 yaw, pitch, roll in degrees; NaN rows where the frame has no face.
+    """
+    lm = np.asarray(landmarks_seq)
+    out = np.full((len(lm), 3), np.nan)
+    basis = _basis()
+    for t, frame in enumerate(lm):
+        if np.isfinite(frame).all():
+            out[t] = basis.align(frame).yaw_pitch_roll()
+    return out
+
+
+class PoseStats(NamedTuple):
+    """Head-motion summary; each field is (3,) yaw, pitch, roll (NaN when no face)."""
+
+    spread_deg: np.ndarray  # standard deviation of each angle, degrees
+    speed_deg_s: np.ndarray  # mean absolute frame-to-frame angular speed, degrees per second
+
+
+def pose_spread_speed(angles: np.ndarray, fps: float) -> PoseStats:
+    """How far and how fast the head moves.
+
+    Args:
+        angles: (T, 3) yaw, pitch, roll in degrees (from :func:`head_pose_curves`).
+        fps: frame rate.
+
+    Returns:
+        :class:`PoseStats`: per-axis standard deviation (deg) over frames with a face, and
+        per-axis mean |angle[t+1] - angle[t]| * fps (deg/s) over consecutive frame pairs that
+        both have a face.
+    """
+    a = np.asarray(angles, np.float64).reshape(-1, 3)
+    spread, speed = np.full(3, np.nan), np.full(3, np.nan)
+    for axis in range(3):
+        x = a[:, axis]
+        ok = np.isfinite(x)
+        if ok.any():
+            spread[axis] = x[ok].std()
+        d = np.diff(x)
+        d = d[np.isfinite(d)]
+        if d.size:
+            speed[axis] = np.abs(d).mean() * fps
+    return PoseStats(spread, speed)
+
+
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Binary dilation of an (H, W) bool mask by a (2r+1)-square, separably."""
+    out = mask.copy()
+    for axis in (0, 1):
+        src = out
+        out = src.copy()
+        n = src.shape[axis]
+        for s in range(1, min(radius, n - 1) + 1):
+            lo, hi = [slice(None)] * 2, [slice(None)] * 2
+            lo[axis], hi[axis] = slice(0, n - s), slice(s, n)
+            out[tuple(lo)] |= src[tuple(hi)]
+            out[tuple(hi)] |= src[tuple(lo)]
+    return out
+
+
+def silence_opening(mouth_opening: np.ndarray, speech_mask: np.ndarray, margin_frames: int = 5) -> float:
+    """Mean mouth opening where nobody speaks, away from the edges of speech.
+
+    Args:
+        mouth_opening: (T,) per-frame opening (e.g. eye-corner distances).
+        speech_mask: (T,) bool, True where the frame holds speech (:mod:`model.vad`).
+        margin_frames: frames on either side of any speech frame that do not count
+            (mouths open before and close after the sound).
+
+    Returns:
+        The mean opening in the curve's unit over voice-free frames with a face; NaN if none.
+    """
+    x = np.asarray(mouth_opening, np.float64).ravel()
+    speech = np.asarray(speech_mask, bool).ravel()
+    if x.shape != speech.shape:
+        raise ValueError(f"mouth_opening has {x.size} frames, speech_mask {speech.size}")
+    near = _dilate(speech[None, :], margin_frames)[0] if margin_frames > 0 else speech
+    ok = ~near & np.isfinite(x)
+    return float(x[ok].mean()) if ok.any() else float("nan")
+
+
+def background_stability(frames: np.ndarray | list[np.ndarray], matte: np.ndarray, *,
+                         threshold: float = 0.05, margin_px: int = 8) -> float:
+    """Mean absolute pixel change between consecutive frames, outside the person.
+
+    The background is where ``matte < threshold``, shrunk by ``margin_px`` pixels away
+    from the person (a moving head would otherwise count as flicker). Measured the
+    same way for the real and the generated video.
+
+    Args:
+        frames: (T, H, W, C) or a list of (H, W, C) uint8 frames.
+        matte: (H, W) person probability in [0, 1] (one matte for the whole video,
+            e.g. from its first frame), or (T, H, W) one per frame.
+        threshold: matte values below this count as background.
+        margin_px: dilation of the person region, in pixels.
+
+    Returns:
+        Mean |frame[t+1] - frame[t]| in 8-bit intensity levels (0..255) over background
+        pixels, channels and frame pairs; NaN with fewer than 2 frames or no background.
+    """
+    matte = np.asarray(matte, np.float32)
+    person = matte >= threshold
+    background = None if person.ndim == 3 else ~_dilate(person, margin_px)
+    total, count = 0.0, 0
+    for t in range(1, len(frames)):
+        bg = background if background is not None else ~_dilate(person[t - 1] | person[t], margin_px)
+        if not bg.any():
+            continue
+        diff = np.abs(np.asarray(frames[t], np.int16) - np.asarray(frames[t - 1], np.int16))
+        total += float(diff[bg].sum())
+        count += int(bg.sum()) * (diff.shape[2] if diff.ndim == 3 else 1)
+    return total / count if count else float("nan")
