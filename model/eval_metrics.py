@@ -32,11 +32,6 @@ def _same_length(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-def _is_constant(x: np.ndarray) -> bool:
-    """Whether a finite curve is flat up to float rounding (1e-9 of its magnitude)."""
-    return bool(np.ptp(x) <= 1e-9 * max(float(np.abs(x).max()), 1e-300))
-
-
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
     """Pearson correlation of two per-frame curves, ignoring frames where either is NaN.
 
@@ -53,7 +48,8 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     if ok.sum() < 3:
         return 0.0
     a, b = a[ok], b[ok]
-    if _is_constant(a) or _is_constant(b):
+    flat = [np.ptp(x) <= 1e-9 * max(float(np.abs(x).max()), 1e-300) for x in (a, b)]  # up to float rounding
+    if any(flat):
         return 0.0
     a0, b0 = a - a.mean(), b - b.mean()
     na, nb = np.sqrt((a0**2).sum()), np.sqrt((b0**2).sum())
@@ -64,31 +60,17 @@ MOUTH_MOTION_FLOOR = 0.005  # eye-corner distances; MediaPipe drifts ~0.0006 (st
 
 
 def lip_sync(real_mouth: np.ndarray, generated_mouth: np.ndarray, min_std: float = MOUTH_MOTION_FLOOR) -> float:
-    """Lip-sync score: Pearson r of the generated against the real mouth-opening curve.
+    """Lip-sync score: :func:`pearson` r of two (T,) mouth-opening curves (eye-corner distances).
 
-    A mouth that moves less than the tracker's own noise does not move at all: when
-    either curve's standard deviation is below ``min_std`` the score is 0.0, so a frozen
-    face scores 0 instead of whatever MediaPipe's slow drift on a still image happens
-    to correlate with.
-
-    Args:
-        real_mouth: (T,) mouth opening of the real video, in eye-corner distances.
-        generated_mouth: (T,) mouth opening of the generated video, same unit and frames.
-        min_std: motion floor in the curves' unit.
-
-    Returns:
-        r in [-1, 1] (see :func:`pearson`), or 0.0 below the motion floor.
+    A mouth that moves less than the tracker's own noise does not move at all: when either
+    curve's standard deviation is below ``min_std`` the score is 0.0, so a frozen face scores
+    0 instead of whatever MediaPipe's slow drift on a still image happens to correlate with.
     """
     a, b = _same_length(real_mouth, generated_mouth)
     ok = np.isfinite(a) & np.isfinite(b)
     if ok.sum() < 3 or a[ok].std() < min_std or b[ok].std() < min_std:
         return 0.0
     return pearson(a, b)
-
-
-def frame_bounds(n_frames: int, fps: float) -> np.ndarray:
-    """(n_frames + 1,) sample indices at 16 kHz where video frames begin; frame i is ``[b[i], b[i+1])``."""
-    return np.round(np.arange(n_frames + 1) * (SAMPLE_RATE / fps)).astype(np.int64)
 
 
 def audio_envelope(
@@ -108,7 +90,7 @@ def audio_envelope(
         (T,) float64 RMS amplitude (full scale = 1), or its level in dBFS.
     """
     x = np.asarray(samples_16k, np.float64).ravel()
-    bounds = frame_bounds(n_frames, fps)
+    bounds = np.round(np.arange(n_frames + 1) * (SAMPLE_RATE / fps)).astype(np.int64)  # frame i: [b[i], b[i+1])
     energy = np.concatenate([[0.0], np.cumsum(x**2)])
     idx = np.minimum(bounds, len(x))
     rms = np.sqrt(np.maximum(np.diff(energy[idx]), 0.0) / np.maximum(np.diff(bounds), 1))
@@ -132,8 +114,7 @@ def lagged_correlations(reference: np.ndarray, signal: np.ndarray, max_lag: int)
         max_lag: largest lag tried, in frames (>= 0).
 
     Returns:
-        (2 * max_lag + 1,) correlations; entry ``k + max_lag`` belongs to lag k (0.0 for
-        lags the curve is too short for).
+        (2 * max_lag + 1,) r; entry ``k + max_lag`` is lag k (0.0 where the curves are too short).
     """
     ref, sig = _same_length(reference, signal)
     n = ref.size
@@ -207,18 +188,7 @@ def shift_frames(curve: np.ndarray, k: int) -> np.ndarray:
     ``shift_frames(x, k)[t] == x[t - k]`` wherever ``t - k`` is inside the curve.
     """
     x = np.asarray(curve)
-    idx = np.clip(np.arange(len(x)) - k, 0, len(x) - 1)
-    return x[idx]
-
-
-def _running_median(x: np.ndarray, window: int) -> np.ndarray:
-    """Centred running median of width ``window`` (odd), NaN-aware; NaN where a window holds no value."""
-    half = window // 2
-    padded = np.pad(x, half, mode="edge") if x.size else x
-    windows = np.lib.stride_tricks.sliding_window_view(padded, window)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "All-NaN slice encountered", RuntimeWarning)
-        return np.nanmedian(windows, axis=1)
+    return x[np.clip(np.arange(len(x)) - k, 0, len(x) - 1)]
 
 
 def blink_onsets(
@@ -234,16 +204,18 @@ def blink_onsets(
     Args:
         eye_opening: (T,) lid gap per frame (e.g. ``FaceTracks.eye_opening``), any unit.
         fps: frame rate.
-        close: closing threshold as a fraction of the running median.
-        reopen: reopening threshold, >= ``close``.
+        close, reopen: thresholds as fractions of the running median (``reopen >= close``).
         window_s: length of the running median in seconds.
 
     Returns:
         (B,) int indices of the first closed frame of each blink.
     """
     x = np.asarray(eye_opening, np.float64).ravel()
-    window = max(3, int(round(window_s * fps)) | 1)
-    baseline = _running_median(x, window)
+    half = max(1, int(round(window_s * fps / 2)))
+    windows = np.lib.stride_tricks.sliding_window_view(np.pad(x, half, mode="edge") if x.size else x, 2 * half + 1)
+    with warnings.catch_warnings():  # a window without a face has no median: NaN, and no state change
+        warnings.filterwarnings("ignore", "All-NaN slice encountered", RuntimeWarning)
+        baseline = np.nanmedian(windows, axis=1)
     onsets, closed = [], False
     for t in range(x.size):
         if not (np.isfinite(x[t]) and np.isfinite(baseline[t])) or baseline[t] <= 0:
@@ -257,19 +229,12 @@ def blink_onsets(
 
 
 def blinks_per_minute(eye_opening: np.ndarray, fps: float) -> float:
-    """Blink rate: :func:`blink_onsets` per minute of video (a frozen face gives 0.0).
-
-    Args:
-        eye_opening: (T,) lid gap per frame.
-        fps: frame rate.
-    """
+    """Blink rate: :func:`blink_onsets` of a (T,) eye-opening curve per minute of video; frozen eyes give 0.0."""
     minutes = len(eye_opening) / fps / 60.0
     return float(len(blink_onsets(eye_opening, fps)) / minutes) if minutes > 0 else 0.0
 
 
-@functools.lru_cache(maxsize=1)
-def _basis() -> BlendshapeBasis:
-    return BlendshapeBasis.load()
+_basis = functools.lru_cache(maxsize=1)(BlendshapeBasis.load)
 
 
 def head_pose_curves(landmarks_seq: np.ndarray) -> np.ndarray:
@@ -280,11 +245,8 @@ def head_pose_curves(landmarks_seq: np.ndarray) -> np.ndarray:
     (yaw > 0 turns the face to the viewer's left, pitch > 0 lifts the chin, roll > 0
     tilts it clockwise on screen).
 
-    Args:
-        landmarks_seq: (T, 478, 3) pixel-space landmarks (``FaceTracks.landmarks``).
-
-    Returns:
-        (T, 3) float64 yaw, pitch, roll in degrees; NaN rows where the frame has no face.
+    landmarks_seq: (T, 478, 3) pixel-space landmarks (``FaceTracks.landmarks``) -> (T, 3) float64
+    yaw, pitch, roll in degrees, NaN rows where the frame has no face.
     """
     lm = np.asarray(landmarks_seq)
     out = np.full((len(lm), 3), np.nan)
@@ -305,14 +267,9 @@ class PoseStats(NamedTuple):
 def pose_spread_speed(angles: np.ndarray, fps: float) -> PoseStats:
     """How far and how fast the head moves.
 
-    Args:
-        angles: (T, 3) yaw, pitch, roll in degrees (from :func:`head_pose_curves`).
-        fps: frame rate.
-
-    Returns:
-        :class:`PoseStats`: per-axis standard deviation (deg) over frames with a face, and
-        per-axis mean |angle[t+1] - angle[t]| * fps (deg/s) over consecutive frame pairs that
-        both have a face.
+    angles: (T, 3) yaw, pitch, roll in degrees (:func:`head_pose_curves`) -> :class:`PoseStats`: per-axis
+    standard deviation (deg) over frames with a face, and per-axis mean |angle[t+1] - angle[t]| * fps
+    (deg/s) over consecutive frame pairs that both have a face.
     """
     a = np.asarray(angles, np.float64).reshape(-1, 3)
     spread, speed = np.full(3, np.nan), np.full(3, np.nan)
@@ -321,25 +278,18 @@ def pose_spread_speed(angles: np.ndarray, fps: float) -> PoseStats:
         ok = np.isfinite(x)
         if ok.any():
             spread[axis] = x[ok].std()
-        d = np.diff(x)
-        d = d[np.isfinite(d)]
+        d = np.diff(x)[np.isfinite(np.diff(x))]
         if d.size:
             speed[axis] = np.abs(d).mean() * fps
     return PoseStats(spread, speed)
 
 
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Binary dilation of an (H, W) bool mask by a (2r+1)-square, separably."""
-    out = mask.copy()
+    """Binary dilation of an (H, W) bool mask by a (2r+1)-pixel square."""
+    out = mask
     for axis in (0, 1):
-        src = out
-        out = src.copy()
-        n = src.shape[axis]
-        for s in range(1, min(radius, n - 1) + 1):
-            lo, hi = [slice(None)] * 2, [slice(None)] * 2
-            lo[axis], hi[axis] = slice(0, n - s), slice(s, n)
-            out[tuple(lo)] |= src[tuple(hi)]
-            out[tuple(hi)] |= src[tuple(lo)]
+        padded = np.pad(out, [(radius, radius) if a == axis else (0, 0) for a in (0, 1)])
+        out = np.lib.stride_tricks.sliding_window_view(padded, 2 * radius + 1, axis=axis).any(axis=-1)
     return out
 
 
@@ -359,7 +309,7 @@ def silence_opening(mouth_opening: np.ndarray, speech_mask: np.ndarray, margin_f
     speech = np.asarray(speech_mask, bool).ravel()
     if x.shape != speech.shape:
         raise ValueError(f"mouth_opening has {x.size} frames, speech_mask {speech.size}")
-    near = _dilate(speech[None, :], margin_frames)[0] if margin_frames > 0 else speech
+    near = _dilate(speech[None, :], max(margin_frames, 0))[0]
     ok = ~near & np.isfinite(x)
     return float(x[ok].mean()) if ok.any() else float("nan")
 
