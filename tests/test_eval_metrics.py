@@ -255,17 +255,21 @@ def test_measured_video_audio_lag_pose_and_frozen_twin() -> None:
 # --- real video (skipped without ../shared/data) ---------------------------------------------
 
 SHARED_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
+#: GRID clips (CC BY 4.0, 25 fps, frontal). Measured: lags 0, 1, 1, 1 frames with peak r 0.27..0.70;
+#: on raw (unsmoothed, undifferenced) loudness two of them gave -7 and -5, so these catch a regression.
+GRID_CLIPS = ("grid_bbaf2n.mpg", "grid_lrwp9a.mpg", "grid_pwij3p.mpg", "grid_sbia1a.mpg")
 
 
 @pytest.mark.shared_data
-def test_real_video_audio_to_mouth_lag_is_plausible() -> None:
+@pytest.mark.parametrize("name", GRID_CLIPS)
+def test_real_video_audio_to_mouth_lag_is_plausible(name: str) -> None:
     from model.audio_io import load_audio_16k
     from model.face_tracks import face_tracks
 
-    clip = SHARED_VIDEOS / "grid_lrwp9a.mpg"
+    clip = SHARED_VIDEOS / name
     if not clip.exists():
         pytest.skip(f"{clip} not available (needs ../shared/data)")
     tracks = face_tracks(clip)
     envelope = em.audio_envelope(load_audio_16k(clip), len(tracks), tracks.fps, db=True)
     assert 0 <= em.audio_mouth_lag(envelope, tracks.mouth_opening) <= 4
-    assert em.audio_mouth_correlations(envelope, tracks.mouth_opening).max() > 0.3
+    assert em.audio_mouth_correlations(envelope, tracks.mouth_opening).max() > 0.2
