@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test bench lint install demo clean
+.PHONY: run test bench eval lint install demo clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.run --write BENCHMARKS.md
+
+# Measures generated videos against the real talking videos in ../shared/data/videos (skips when absent).
+eval: $(STAMP)
+	$(PY) -m bench.eval --write BENCHMARKS.md
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

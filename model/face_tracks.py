@@ -16,6 +16,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from model.errors import InputError
 from model.landmarker import landmarker_task_path, quiet_native_logs
 from model.motion import COEFF_INDEX, N_COEFFS, coeffs_from_named
 
@@ -97,15 +98,27 @@ def measure_frames(frames: list[np.ndarray] | np.ndarray, fps: float) -> FaceTra
 
 
 def read_video_frames(path: str | Path, max_frames: int | None = None) -> tuple[list[np.ndarray], float]:
-    """Decode a video's frames as RGB arrays, and its frame rate."""
+    """Decode a video's frames as RGB arrays, and its frame rate.
+
+    Raises:
+        InputError: the file is missing, unreadable, or holds no video frames.
+    """
     frames = []
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        fps = float(stream.average_rate or stream.guessed_rate or 25)
-        for frame in container.decode(stream):
-            frames.append(frame.to_ndarray(format="rgb24"))
-            if max_frames is not None and len(frames) >= max_frames:
-                break
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise InputError(f"{path}: has no video track; give a talking video")
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 25)
+            for frame in container.decode(stream):
+                frames.append(frame.to_ndarray(format="rgb24"))
+                if max_frames is not None and len(frames) >= max_frames:
+                    break
+    except (av.error.FFmpegError, OSError) as exc:
+        reason = exc.__class__.__name__
+        raise InputError(f"{path}: cannot be read as a video ({reason}); give an MP4 or similar") from None
+    if not frames:
+        raise InputError(f"{path}: no video frames could be decoded; give a talking video")
     return frames, fps
 
 

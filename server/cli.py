@@ -2,7 +2,8 @@
 
 ``emote render`` is the offline path (portrait + audio file → MP4);
 ``emote demo`` renders the bundled default portrait saying a sentence
-spoken by the offline text-to-speech engine. Errors a user can cause are
+spoken by the offline text-to-speech engine; ``emote eval`` measures
+generated videos against real talking videos. Errors a user can cause are
 printed as one line naming the input and what to do, with exit code 2; a
 missing optional component exits with 3; Ctrl-C exits with 130 and leaves
 no half-written output behind.
@@ -77,7 +78,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-o", "--output", default="out/demo.mp4", help="MP4 file to write (default out/demo.mp4)")
     demo.add_argument("--text", default=DEMO_TEXT, help="what the portrait says")
     demo.add_argument("--portrait", default=None, help="use this portrait instead of the bundled one")
+    ev = sub.add_parser("eval", help="measure generated videos against real talking videos")
+    ev.add_argument("videos", nargs="+", metavar="VIDEO_OR_FOLDER", help="real talking videos, or folders of them")
+    ev.add_argument("--out", default="out/eval", help="folder for metrics, side-by-sides and the summary")
+    ev.add_argument("--motion", default="baseline,still", help="comma-separated generators (default baseline,still)")
+    ev.add_argument("--portrait", default=None, help="animate this image instead of each video's first frame")
+    ev.add_argument("--seed", type=int, default=0, help="random seed of the generators")
     return parser
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from streaming.evaluate import run_eval
+
+    generators = [g.strip() for g in args.motion.split(",") if g.strip()]
+    reports, summary = run_eval(args.videos, args.out, generators, portrait=args.portrait, seed=args.seed,
+                                progress=lambda msg: print(msg, file=sys.stderr))
+    print(summary)
+    print(f"per-video metrics, side-by-side videos and contact sheets are in {Path(args.out).resolve()}")
 
 
 def _render(portrait: str, audio: str, args: argparse.Namespace) -> None:
@@ -121,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             _render(args.portrait, args.audio, args)
         elif args.command == "demo":
             _demo(args)
+        elif args.command == "eval":
+            _eval(args)
     except InputError as exc:
         print(f"emote: error: {exc}", file=sys.stderr)
         return 2
