@@ -74,7 +74,7 @@ def lip_sync(real_mouth: np.ndarray, generated_mouth: np.ndarray, min_std: float
 
 
 def audio_envelope(
-    samples_16k: np.ndarray, n_frames: int, fps: float, *, db: bool = False, floor_db: float = 40.0
+    samples_16k: np.ndarray, n_frames: int, fps: float, *, db: bool = True, floor_db: float = 40.0
 ) -> np.ndarray:
     """Loudness of the audio during each video frame.
 
@@ -82,7 +82,8 @@ def audio_envelope(
         samples_16k: (N,) mono samples at 16 kHz in [-1, 1]; missing samples past the end count as silence.
         n_frames: number of video frames T.
         fps: video frame rate; frame i covers ``[i / fps, (i + 1) / fps)`` seconds.
-        db: return the level in dBFS instead of linear RMS.
+        db: return the level in dBFS (the default: what :func:`audio_mouth_lag` was validated on);
+            False gives linear RMS.
         floor_db: with ``db``, levels more than this far below the loudest frame are raised
             to that floor, so background noise and digital silence look alike.
 
@@ -175,7 +176,7 @@ def audio_mouth_lag(envelope: np.ndarray, mouth_opening: np.ndarray, max_lag: in
     give 0..2 frames at 25 fps.
 
     Args:
-        envelope: (T,) per-frame loudness, preferably ``audio_envelope(..., db=True)``.
+        envelope: (T,) per-frame level in dB from :func:`audio_envelope` (linear RMS gives outliers).
         mouth_opening: (T,) per-frame mouth opening (e.g. ``FaceTracks.mouth_opening``).
         max_lag: largest |lag| tried, in frames.
     """
