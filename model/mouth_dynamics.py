@@ -28,6 +28,8 @@ N_CHANNELS = len(MOUTH_CHANNELS)
 DT = 0.01  # hop period in seconds
 OMEGA_OPEN = 1.0 / 0.028  # spring rate while a channel rises (rad/s)
 OMEGA_CLOSE = 1.0 / 0.042  # ... and while it falls
+SYLLABLE_RELEASE_DB = 0.3  # per hop: the syllable-peak follower falls 30 dB/s
+SYLLABLE_DEPTH_DB = 8.0  # this far below the last syllable peak, the jaw is nearly shut
 
 
 @dataclass(frozen=True)
@@ -37,13 +39,14 @@ class MouthFilter:
     next_hop: int
     floor_db: float
     peak_db: float
+    syllable_db: float
     value: np.ndarray  # (N_CHANNELS,)
     velocity: np.ndarray  # (N_CHANNELS,)
 
     @classmethod
     def start(cls) -> MouthFilter:
         zeros = np.zeros(N_CHANNELS, np.float64)
-        return cls(next_hop=0, floor_db=-60.0, peak_db=-20.0, value=zeros, velocity=zeros.copy())
+        return cls(next_hop=0, floor_db=-60.0, peak_db=-20.0, syllable_db=-90.0, value=zeros, velocity=zeros.copy())
 
 
 @numba.njit(cache=True)
@@ -52,13 +55,17 @@ def _run(
     state: np.ndarray, value: np.ndarray, velocity: np.ndarray,
     out: np.ndarray, speech_out: np.ndarray, loud_out: np.ndarray,
 ) -> None:  # fmt: skip
-    floor, peak = state[0], state[1]
+    floor, peak, syllable = state[0], state[1], state[2]
     for k in range(level_db.shape[0]):
         lv = max(level_db[k], -90.0)
         # Floor: follows dips at once, creeps up slowly; peak: jumps up, decays slowly.
         floor = lv if lv < floor else floor + 0.015
         floor = max(min(floor, -25.0), -80.0)
         peak = max(lv, peak - 0.04, floor + 25.0)
+        # Syllable peaks: jumps up, falls 30 dB/s. The mouth closes as the level drops below
+        # the last syllable's peak (consonants), not only when the speaker falls silent.
+        syllable = max(lv, syllable - SYLLABLE_RELEASE_DB)
+        syllabic = min(max((lv - syllable + SYLLABLE_DEPTH_DB) / SYLLABLE_DEPTH_DB, 0.0), 1.0)
         loud = min(max((lv - floor - 8.0) / (peak - floor - 8.0), 0.0), 1.0)
         voiced = min(max((voicing[k] - 0.35) / 0.3, 0.0), 1.0)
         hiss = min(max((high_ratio[k] - 0.2) / 0.35, 0.0), 1.0) * (1.0 - voiced)
@@ -66,7 +73,7 @@ def _run(
         openness = 0.75
         if voiced > 0.0 and f1[k] > 0.0:
             openness = 0.55 + 0.7 * min(max((f1[k] - 350.0) / 450.0, 0.0), 1.0)
-        jaw = gate * (1.0 - hiss * 0.7) * (0.08 + 0.92 * loud**0.8) * openness
+        jaw = gate * (1.0 - hiss * 0.7) * (0.08 + 0.92 * loud**0.8) * openness * (0.2 + 0.8 * syllabic)
         rnd = gate * voiced * (min(max((1300.0 - f2[k]) / 500.0, 0.0), 1.0) if f2[k] > 0.0 else 0.0)
         spread = gate * voiced * (min(max((f2[k] - 1900.0) / 700.0, 0.0), 1.0) if f2[k] > 0.0 else 0.0)
         target = np.empty(N_CHANNELS)
@@ -87,7 +94,7 @@ def _run(
             out[k, c] = max(value[c], 0.0)
         speech_out[k] = gate
         loud_out[k] = loud
-    state[0], state[1] = floor, peak
+    state[0], state[1], state[2] = floor, peak, syllable
 
 
 def mouth_targets(feats: HopFeatures, state: MouthFilter) -> tuple[np.ndarray, dict[str, np.ndarray], MouthFilter]:
@@ -105,12 +112,13 @@ def mouth_targets(feats: HopFeatures, state: MouthFilter) -> tuple[np.ndarray, d
     if len(feats) and feats.first_hop != state.next_hop:
         raise ValueError(f"features start at hop {feats.first_hop}, the filter expects {state.next_hop}")
     n = len(feats)
-    levels = np.array([state.floor_db, state.peak_db])
+    levels = np.array([state.floor_db, state.peak_db, state.syllable_db])
     value, velocity = state.value.copy(), state.velocity.copy()
     out = np.zeros((n, N_CHANNELS))
     speech, loud = np.zeros(n), np.zeros(n)
     _run(feats.level_db.astype(np.float64), feats.voicing.astype(np.float64), feats.high_ratio.astype(np.float64),
          feats.f1_hz.astype(np.float64), feats.f2_hz.astype(np.float64), levels, value, velocity, out, speech, loud)
     new = MouthFilter(next_hop=state.next_hop + n, floor_db=float(levels[0]), peak_db=float(levels[1]),
+                      syllable_db=float(levels[2]),
                       value=value, velocity=velocity)
     return out, {"speech": speech, "level": loud, "pitch": feats.pitch_hz}, new

@@ -171,7 +171,7 @@ def evaluate_video(
         cut = FaceTracks(tracks[name].landmarks[:n], tracks[name].coeffs[:n], fps)
         m = _video_metrics(frames[:n], cut, envelope, speech, fps, matte, reference)
         if name != "real":
-            m["lip_sync_r"] = float(em.pearson(tracks["real"].mouth_opening[:n], tracks[name].mouth_opening[:n]))
+            m["lip_sync_r"] = float(em.lip_sync(tracks["real"].mouth_opening[:n], tracks[name].mouth_opening[:n]))
         if name in speeds:
             m["render_ms_per_frame"] = speeds[name]
         report.metrics[name] = m
