@@ -58,8 +58,10 @@ def _run(
     floor, peak, syllable = state[0], state[1], state[2]
     for k in range(level_db.shape[0]):
         lv = max(level_db[k], -90.0)
-        # Floor: follows dips at once, creeps up slowly; peak: jumps up, decays slowly.
-        floor = lv if lv < floor else floor + 0.015
+        # Floor: follows dips at once and creeps up through noise (10 dB/s), slower through
+        # voiced sound (4 dB/s), so a sustained sung vowel is not taken for the noise floor.
+        creep = 0.1 if voicing[k] < 0.35 else 0.04
+        floor = lv if lv < floor else floor + creep
         floor = max(min(floor, -25.0), -80.0)
         peak = max(lv, peak - 0.04, floor + 25.0)
         # Syllable peaks: jumps up, falls 30 dB/s. The mouth closes as the level drops below
