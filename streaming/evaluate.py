@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,7 @@ VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".m4
 CALIBRATION = "reencode"
 #: Longest side of frames when measuring (landmarking a 1280 px frame costs more and gains nothing).
 MEASURE_SIDE = 640
+MEASURE_THREADS = 2
 #: Frames per video scored for identity (~120 ms each) and BRISQUE (~60 ms each).
 SAMPLED_FRAMES = 10
 ProgressFn = Callable[[str], None]
@@ -163,13 +165,21 @@ def evaluate_video(
         report.files[name] = str(out)
     say(f"{video.name}: measuring")
     measured = {name: _measure_size(frames) for name, frames in videos.items()}
-    tracks = {name: measure_frames(frames, fps) for name, frames in measured.items()}
+    # MediaPipe releases the GIL while it tracks: two threads use both cores. (The metrics stay on
+    # one thread: libsvm under BRISQUE corrupted memory when called from two threads at once.)
+    with ThreadPoolExecutor(max_workers=MEASURE_THREADS) as pool:
+        futures = {name: pool.submit(measure_frames, frames, fps) for name, frames in measured.items()}
+        tracks = {name: f.result() for name, f in futures.items()}
     n = min(len(t) for t in tracks.values())
     size = (measured["real"][0].shape[1], measured["real"][0].shape[0])
     matte = cv2.resize(analysis.matte, size, interpolation=cv2.INTER_LINEAR)
-    for name, frames in measured.items():
-        cut = FaceTracks(tracks[name].landmarks[:n], tracks[name].coeffs[:n], fps)
-        m = _video_metrics(frames[:n], cut, envelope, speech, fps, matte, reference)
+    results = {
+        name: _video_metrics(frames[:n], FaceTracks(tracks[name].landmarks[:n], tracks[name].coeffs[:n], fps),
+                             envelope, speech, fps, matte, reference)
+        for name, frames in measured.items()
+    }
+    for name in measured:
+        m = results[name]
         if name != "real":
             m["lip_sync_r"] = float(em.lip_sync(tracks["real"].mouth_opening[:n], tracks[name].mouth_opening[:n]))
         if name in speeds:
