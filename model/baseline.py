@@ -58,15 +58,20 @@ def _frame_normals(seed: int, frame: int) -> tuple[float, float, float]:
     return r1 * math.cos(2 * math.pi * u[1]), r1 * math.sin(2 * math.pi * u[1]), r2 * math.cos(2 * math.pi * u[3])
 
 
+#: Blink timing (s): lids close, stay shut, reopen (slower). Long enough to show shut lids on
+#: two frames at 25 fps; a 30 ms hold showed on one at most and trackers mostly missed it.
+BLINK_CLOSE_S, BLINK_HOLD_S, BLINK_OPEN_S = 0.08, 0.07, 0.15
+
+
 def blink_profile(since_s: float) -> float:
     """Lid closure (0 open .. 1 closed) ``since_s`` seconds after a blink starts."""
-    if since_s < 0 or since_s > 0.32:
+    if since_s < 0 or since_s > BLINK_CLOSE_S + BLINK_HOLD_S + BLINK_OPEN_S:
         return 0.0
-    if since_s < 0.08:
-        return 0.5 - 0.5 * math.cos(math.pi * since_s / 0.08)
-    if since_s < 0.11:
+    if since_s < BLINK_CLOSE_S:
+        return 0.5 - 0.5 * math.cos(math.pi * since_s / BLINK_CLOSE_S)
+    if since_s < BLINK_CLOSE_S + BLINK_HOLD_S:
         return 1.0
-    return 0.5 + 0.5 * math.cos(math.pi * (since_s - 0.11) / 0.21)
+    return 0.5 + 0.5 * math.cos(math.pi * (since_s - BLINK_CLOSE_S - BLINK_HOLD_S) / BLINK_OPEN_S)
 
 
 @dataclass(frozen=True)
