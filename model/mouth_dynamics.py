@@ -56,6 +56,7 @@ def _run(
     out: np.ndarray, speech_out: np.ndarray, loud_out: np.ndarray,
 ) -> None:  # fmt: skip
     floor, peak, syllable = state[0], state[1], state[2]
+    target = np.empty(N_CHANNELS)
     for k in range(level_db.shape[0]):
         lv = max(level_db[k], -90.0)
         # Floor: follows dips at once and creeps up through noise (10 dB/s), slower through
@@ -78,7 +79,6 @@ def _run(
         jaw = gate * (1.0 - hiss * 0.7) * (0.08 + 0.92 * loud**0.8) * openness * (0.2 + 0.8 * syllabic)
         rnd = gate * voiced * (min(max((1300.0 - f2[k]) / 500.0, 0.0), 1.0) if f2[k] > 0.0 else 0.0)
         spread = gate * voiced * (min(max((f2[k] - 1900.0) / 700.0, 0.0), 1.0) if f2[k] > 0.0 else 0.0)
-        target = np.empty(N_CHANNELS)
         target[0] = 0.36 * jaw
         target[1] = 0.45 * rnd * min(1.0, loud * 2.5)
         target[2] = 0.35 * rnd

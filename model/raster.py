@@ -53,10 +53,10 @@ def _draw(
     tris: np.ndarray,
     atlas: np.ndarray,
     background: np.ndarray,
-    original: np.ndarray,
     static: np.ndarray,
     out: np.ndarray,
     drawn: np.ndarray,
+    bottom: int,
 ) -> int:
     h, w = drawn.shape
     zero, one, half, f255 = np.float32(0.0), np.float32(1.0), np.float32(0.5), np.float32(255.0)
@@ -84,6 +84,8 @@ def _draw(
             and abs(uv[b, 0] - bx) + abs(uv[b, 1] - by) < 1e-3
             and abs(uv[c, 0] - cx) + abs(uv[c, 1] - cy) < 1e-3
         )  # fmt: skip
+        if still and t >= bottom:
+            continue  # nothing lies beneath the bottom layer: an unmoved triangle there needs no pixel work
         lo_y = max(int(np.ceil(min(ay, min(by, cy)))), 0)
         hi_y = min(int(np.floor(max(ay, max(by, cy)))), h - 1)
         lo_x0 = max(int(np.ceil(min(ax, min(bx, cx)))), 0)
@@ -180,7 +182,9 @@ class Rasterizer:
         self._drawn = np.zeros(original.shape[:2], np.bool_)
         self._dirty: tuple[int, int, int, int] | None = None
 
-    def draw(self, xy: np.ndarray, uv: np.ndarray, shade: np.ndarray, tris: np.ndarray) -> np.ndarray:
+    def draw(
+        self, xy: np.ndarray, uv: np.ndarray, shade: np.ndarray, tris: np.ndarray, bottom: int | None = None
+    ) -> np.ndarray:
         """Render one frame.
 
         Args:
@@ -189,6 +193,8 @@ class Rasterizer:
             shade: (V,) float32 brightness factor per vertex (1 = unchanged).
             tris: (T, 3) int32 vertex indices, in drawing priority order: where
                 triangles overlap, the earlier one is shown (see ``by_layer``).
+            bottom: index of the first triangle of the lowest layer (default: none);
+                unmoved triangles from there on are skipped outright.
 
         Returns:
             (H, W, 3) uint8 frame; the buffer is reused by the next call.
@@ -205,10 +211,10 @@ class Rasterizer:
             np.ascontiguousarray(tris, dtype=np.int32),
             self.atlas,
             self.background,
-            self.original,
             self.static,
             self.frame,
             self._drawn,
+            len(tris) if bottom is None else int(bottom),
         )
         h, w = self._drawn.shape
         lo = np.floor(xy32.min(axis=0)).astype(int) - 1

@@ -171,7 +171,9 @@ class Renderer:
         for (_, etris, _), off in zip(self.eyes, eye_offsets, strict=True):
             tris.append(etris + off)
             layers.append(np.full(len(etris), LAYER_EYES))
-        self._tris = by_layer(np.concatenate(tris), np.concatenate(layers))
+        all_layers = np.concatenate(layers)
+        self._tris = by_layer(np.concatenate(tris), all_layers)
+        self._bottom = int(np.sum(all_layers > LAYER_SURROUND))  # the surround sorts last
         self._mouth_slice = slice(o_mouth, o_eye)
         self._iris = [off + iris for (_, _, iris), off in zip(self.eyes, eye_offsets, strict=True)]
         self._eye_slices = [slice(off, off + len(pts)) for (pts, _, _), off in zip(self.eyes, eye_offsets, strict=True)]
@@ -254,4 +256,4 @@ class Renderer:
         moved[:, 0] += tx * self.face_width
         moved[:, 1] += ty * self.face_width
         xy = xyz[:, :2] + self._weight * (moved[:, :2] - xyz[:, :2])
-        return self.raster.draw(xy, uv, shade, self._tris)
+        return self.raster.draw(xy, uv, shade, self._tris, self._bottom)

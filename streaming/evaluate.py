@@ -22,6 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -39,6 +40,8 @@ CALIBRATION = "reencode"
 #: Longest side of frames when measuring (landmarking a 1280 px frame costs more and gains nothing).
 MEASURE_SIDE = 640
 MEASURE_THREADS = 2
+#: Below this peak correlation of audio and mouth changes, the audio→mouth lag is not reported.
+LAG_MIN_R = 0.2
 #: Frames per video scored for identity (~120 ms each) and BRISQUE (~60 ms each).
 SAMPLED_FRAMES = 10
 ProgressFn = Callable[[str], None]
@@ -68,15 +71,6 @@ def find_videos(inputs: list[str]) -> list[Path]:
     return found
 
 
-def _measure_size(frames: list[np.ndarray]) -> list[np.ndarray]:
-    h, w = frames[0].shape[:2]
-    scale = MEASURE_SIDE / max(h, w)
-    if scale >= 1:
-        return frames
-    size = (int(round(w * scale)), int(round(h * scale)))
-    return [cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames]
-
-
 def _reencode(frames: list[np.ndarray], fps: float, out: Path) -> list[np.ndarray]:
     """The real frames through our encoder and back: what encoding alone does to every metric."""
     h, w = frames[0].shape[:2]
@@ -90,7 +84,7 @@ def _reencode(frames: list[np.ndarray], fps: float, out: Path) -> list[np.ndarra
 
 def _video_metrics(
     frames: list[np.ndarray], tracks: FaceTracks, envelope: np.ndarray, speech: np.ndarray, fps: float,
-    matte: np.ndarray, reference: np.ndarray,
+    matte: np.ndarray, reference: np.ndarray, embedder: Any,
 ) -> dict[str, float]:  # fmt: skip
     """The metrics one video earns on its own (no comparison with another).
 
@@ -103,9 +97,13 @@ def _video_metrics(
     n = len(tracks)
     angles = em.head_pose_curves(tracks.landmarks)
     spread, speed = em.pose_spread_speed(angles, fps)  # (3,) each: yaw, pitch, roll
-    drift = identity_drift(frames, tracks, reference, k=SAMPLED_FRAMES)
+    drift = identity_drift(frames, tracks, reference, k=SAMPLED_FRAMES, embedder=embedder)
+    # The lag is only meaningful where audio and mouth changes correlate at all (a mouth that
+    # does not move ties every lag at r = 0, and the tie would read as a perfect lag of 0).
+    lag_r = em.audio_mouth_correlations(envelope[:n], tracks.mouth_opening)
+    lag = float(em.audio_mouth_lag(envelope[:n], tracks.mouth_opening)) if np.nanmax(lag_r) >= LAG_MIN_R else np.nan
     out = {
-        "audio_mouth_lag_frames": float(em.audio_mouth_lag(envelope[:n], tracks.mouth_opening)),
+        "audio_mouth_lag_frames": lag,
         "silence_mouth_opening": float(em.silence_opening(tracks.mouth_opening, speech[:n], int(round(0.2 * fps)))),
         "blinks_per_min": float(em.blinks_per_minute(tracks.eye_opening, fps)),
         "background_change": float(em.background_stability(frames, matte)),
@@ -147,35 +145,42 @@ def evaluate_video(
     n = len(real)
     envelope = em.audio_envelope(audio, n, fps)
     speech = voice_activity(audio, n, fps).frames
-    reference = FaceEmbedder().embed(analysis.image, analysis.landmarks)
+    embedder = FaceEmbedder()
+    reference = embedder.embed(analysis.image, analysis.landmarks)
 
-    videos: dict[str, list[np.ndarray]] = {"real": real}
+    # Every video is kept only at the measuring size (at most MEASURE_SIDE), resized once as it
+    # is decoded: a minute of 1080p at full size would be gigabytes per video set.
+    h, w = real[0].shape[:2]
+    scale = min(1.0, MEASURE_SIDE / max(h, w))
+    size = (max(2, int(round(w * scale))), max(2, int(round(h * scale))))
+
+    def shrink(frames: list[np.ndarray]) -> list[np.ndarray]:
+        return [f if (f.shape[1], f.shape[0]) == size else cv2.resize(f, size, interpolation=cv2.INTER_AREA)
+                for f in frames[:n]]
+
+    reencoded = _reencode(real, fps, folder / f"{CALIBRATION}.mp4")
+    report.files[CALIBRATION] = str(folder / f"{CALIBRATION}.mp4")
+    measured: dict[str, list[np.ndarray]] = {"real": shrink(real), CALIBRATION: shrink(reencoded)}
+    del real, reencoded
     speeds: dict[str, float] = {}
-    for name in [CALIBRATION, *generators]:
+    for name in generators:
         out = folder / f"{name}.mp4"
-        if name == CALIBRATION:
-            frames = _reencode(real, fps, out)
-        else:
-            say(f"{video.name}: rendering with {name}")
-            stats = render_file(portrait, video, out, fps=fps, full_frame=True, seed=seed, motion=name)
-            speeds[name] = 1000.0 * stats.render_s / max(stats.frames, 1)
-            frames, _ = read_video_frames(out)
-        videos[name] = [cv2.resize(f, (real[0].shape[1], real[0].shape[0])) if f.shape != real[0].shape else f
-                        for f in frames[:n]]
+        say(f"{video.name}: rendering with {name}")
+        stats = render_file(portrait, video, out, fps=fps, full_frame=True, seed=seed, motion=name)
+        speeds[name] = 1000.0 * stats.render_s / max(stats.frames, 1)
+        measured[name] = shrink(read_video_frames(out)[0])
         report.files[name] = str(out)
     say(f"{video.name}: measuring")
-    measured = {name: _measure_size(frames) for name, frames in videos.items()}
     # MediaPipe releases the GIL while it tracks: two threads use both cores. (The metrics stay on
     # one thread: libsvm under BRISQUE corrupted memory when called from two threads at once.)
     with ThreadPoolExecutor(max_workers=MEASURE_THREADS) as pool:
         futures = {name: pool.submit(measure_frames, frames, fps) for name, frames in measured.items()}
         tracks = {name: f.result() for name, f in futures.items()}
     n = min(len(t) for t in tracks.values())
-    size = (measured["real"][0].shape[1], measured["real"][0].shape[0])
     matte = cv2.resize(analysis.matte, size, interpolation=cv2.INTER_LINEAR)
     results = {
         name: _video_metrics(frames[:n], FaceTracks(tracks[name].landmarks[:n], tracks[name].coeffs[:n], fps),
-                             envelope, speech, fps, matte, reference)
+                             envelope, speech, fps, matte, reference, embedder)
         for name, frames in measured.items()
     }
     for name in measured:
@@ -185,10 +190,10 @@ def evaluate_video(
         if name in speeds:
             m["render_ms_per_frame"] = speeds[name]
         report.metrics[name] = m
-    labels = list(videos)
-    write_side_by_side(folder / "side_by_side.mp4", [videos[k] for k in labels], labels, fps, video)
-    contact_sheet(folder / "contact_sheet.png", [videos[k] for k in labels], labels,
-                  {k: tracks[k].mouth_opening for k in labels})
+    labels = list(measured)
+    write_side_by_side(folder / "side_by_side.mp4", [measured[k] for k in labels], labels, fps, video)
+    contact_sheet(folder / "contact_sheet.png", [measured[k] for k in labels], labels,
+                  {k: tracks[k].mouth_opening[:n] for k in labels})
     report.files["side_by_side"] = str(folder / "side_by_side.mp4")
     report.files["contact_sheet"] = str(folder / "contact_sheet.png")
     (folder / "metrics.json").write_text(json.dumps(report.__dict__, indent=2, default=float))
@@ -198,7 +203,7 @@ def evaluate_video(
 #: Summary columns: metric key, header, how to pick the worst video ("max" or "min").
 COLUMNS: list[tuple[str, str, str]] = [
     ("lip_sync_r", "lip-sync r", "min"),
-    ("audio_mouth_lag_frames", "audio→mouth lag (fr)", "max"),
+    ("audio_mouth_lag_frames", "|audio→mouth lag| (fr)", "max"),
     ("silence_mouth_opening", "mouth open in silence", "max"),
     ("blinks_per_min", "blinks/min", "min"),
     ("yaw_spread_deg", "yaw spread °", "min"),
@@ -228,6 +233,8 @@ def summary_markdown(reports: list[VideoReport]) -> str:
         for key, _, worst in COLUMNS:
             values = [r.metrics[name][key] for r in ok if name in r.metrics and key in r.metrics[name]]
             values = [v for v in values if v is not None and math.isfinite(v)]
+            if key == "audio_mouth_lag_frames":  # early and late are both off: summarise the size
+                values = [abs(v) for v in values]
             if not values:
                 cells.append("–")
                 continue
@@ -261,6 +268,10 @@ def run_eval(
             reports.append(VideoReport(video=str(video), error=str(exc)))
             if progress:
                 progress(f"{video.name}: skipped: {exc}")
+        except Exception as exc:  # one broken video must not lose the others' results
+            reports.append(VideoReport(video=str(video), error=f"{type(exc).__name__}: {exc}"))
+            if progress:
+                progress(f"{video.name}: failed: {type(exc).__name__}: {exc}")
     summary = summary_markdown(reports)
     (out / "summary.md").write_text(summary)
     (out / "reports.json").write_text(json.dumps([r.__dict__ for r in reports], indent=2, default=float))
