@@ -101,7 +101,9 @@ def _video_metrics(
     # The lag is only meaningful where audio and mouth changes correlate at all (a mouth that
     # does not move ties every lag at r = 0, and the tie would read as a perfect lag of 0).
     lag_r = em.audio_mouth_correlations(envelope[:n], tracks.mouth_opening)
-    lag = float(em.audio_mouth_lag(envelope[:n], tracks.mouth_opening)) if np.nanmax(lag_r) >= LAG_MIN_R else np.nan
+    moving = np.nanstd(tracks.mouth_opening) >= em.MOUTH_MOTION_FLOOR  # the rule lip_sync applies
+    trusted = moving and np.nanmax(lag_r) >= LAG_MIN_R
+    lag = float(em.audio_mouth_lag(envelope[:n], tracks.mouth_opening)) if trusted else np.nan
     out = {
         "audio_mouth_lag_frames": lag,
         "silence_mouth_opening": float(em.silence_opening(tracks.mouth_opening, speech[:n], int(round(0.2 * fps)))),
