@@ -26,8 +26,24 @@ run: demo
 demo: $(STAMP)
 	$(VENV)/bin/emote demo -o out/demo.mp4
 
-test: $(STAMP)
+# Debian's Chromium drives the real-browser end-to-end test (tests/test_browser_e2e.py).
+CHROMIUM := /usr/lib/chromium/chromium
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	$$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || \
+	{ $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; } || \
+	echo "warning: could not install Debian's chromium; the browser test will be skipped"
+
+# The tests run inside a throwaway network namespace that has only loopback (ARCHITECTURE.md's
+# networking rules): nothing a test or a library does can reach the LAN or the internet. Where
+# unprivileged namespaces are unavailable they run as they are (the code keeps to loopback anyway).
+NETNS := $(shell unshare -rn sh -c 'ip link set lo up' 2>/dev/null && echo yes)
+test: $(STAMP) $(CHROMIUM)
+ifeq ($(NETNS),yes)
+	unshare -rn sh -c 'ip link set lo up && exec $(PY) -m pytest -q'
+else
 	$(PY) -m pytest -q
+endif
 
 bench: $(STAMP)
 	$(PY) -m bench.run --write BENCHMARKS.md
