@@ -190,6 +190,11 @@ class Renderer:
             up = rest[brow, :2] - rest[fold, :2]
             self._lid_skin.append((upper, fold, rest[fold, :2] + 0.2 * up, rest[fold, :2] + 0.55 * up))
 
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the frames :meth:`render` returns."""
+        return self.portrait.size
+
     def deformed_landmarks(self, coeffs: np.ndarray) -> np.ndarray:
         """(478, 3) landmarks with this frame's expression, in the portrait's head pose."""
         coeffs = np.asarray(coeffs, np.float32)

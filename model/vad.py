@@ -23,7 +23,7 @@ import numpy as np
 from model.errors import DependencyError
 
 SAMPLE_RATE = 16000
-INSTALL_HINT = "run `make install` (it installs the `eval` extra: torch==2.13.0 and silero-vad==6.2.3)"
+INSTALL_HINT = "run `make install` (it installs torch==2.13.0 and silero-vad==6.2.3)"
 _LOCK = threading.Lock()  # the model keeps recurrent state: one caller at a time
 
 

@@ -69,6 +69,17 @@ class AudioWindower:
             out.append(self._cut(self.window_frames, final=False))
         return out
 
+    def silence_pending(self) -> None:
+        """Replace the audio pushed for frames not yet released with silence.
+
+        An interruption uses this: speech already pushed as lookahead must not
+        reach the next frames. Context before the next frame is kept, so the
+        motion stays continuous.
+        """
+        cut = self._start(self.next_frame) - self._buf_start
+        if cut < len(self._buf):
+            self._buf[max(cut, 0) :] = 0.0
+
     def finish(self) -> list[AudioWindow]:
         """End of stream: pad with silence and return the remaining windows."""
         if self._finished:

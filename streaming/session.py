@@ -1,0 +1,497 @@
+"""One live avatar: audio in from three sources, paced frames and speech out.
+
+An :class:`AvatarSession` owns the live pipeline of one call::
+
+    push_speech (TTS, agent) ─┐
+    push_microphone ──────────┼─► 20 ms ticks ─► 16 kHz ─► AudioWindower ─► MotionGenerator ─► Renderer
+    (nothing: idle filler) ───┘   (48 kHz timeline)  (speech gate: mic only)                      │
+                                                                                                   ▼
+    tracks ◄── Playout (video + the ticks' 48 kHz audio, on one clock) ◄── FrameEntry queue ◄─────┘
+
+The session timeline advances in 20 ms ticks. Each tick takes its audio from
+the first source that has some: speech the avatar says (TTS or agent push),
+else live microphone audio, else silence once the next frame would otherwise
+be late. Speech ticks keep their audio, which plays back in the same frame
+period as the lips it drove; microphone ticks only move the lips (the caller
+is not echoed) and pass the silero-vad speech gate first; idle ticks give the
+generator's idle motion (blinks, gaze, head drift, lips at rest).
+
+Queues and their overflow policies:
+
+- speech: up to ``max_speech_s`` seconds wait to be played; :meth:`push_speech`
+  then awaits (back-pressure on the TTS or agent connection);
+- microphone: at most ``max_mic_ms`` are held; older audio is dropped (live
+  audio is only useful now), and microphone audio arriving while the avatar
+  speaks is discarded;
+- frames: at most ``max_video_s`` seconds are rendered ahead (the producer
+  waits); see :mod:`streaming.playout` for late frames and catching up.
+
+:meth:`clear` (an interruption) drops queued speech, microphone audio and
+rendered frames at once, silences the speech already handed to the motion
+generator as lookahead, and reports every unfinished segment as interrupted.
+Rendering and the model run in an executor, one step at a time per session,
+never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from model.motion import MotionGenerator, neutral_pose
+from streaming.clock import Clock, MonotonicClock
+from streaming.playout import AudioOut, FrameEntry, Playout, SessionClosed, TickInfo, VideoOut
+from streaming.resample import StreamResampler, to_float32, to_int16
+from streaming.session_stats import LatencyStats, SessionStats
+from streaming.speech_gate import SpeechGate
+from streaming.windower import AudioWindower
+
+__all__ = [
+    "AudioOut", "AvatarSession", "PlaybackFinished", "PlaybackStarted", "SessionClosed", "SessionConfig",
+    "SessionEvent", "SessionStats", "VideoOut",
+]  # fmt: skip
+
+RATE = 48000
+TICK = 960  # samples per 20 ms tick at 48 kHz
+MODEL_RATE = 16000
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionConfig:
+    """How a live session trades latency against robustness.
+
+    Attributes:
+        fps: video frame rate.
+        seed: random seed of the idle motion (blinks, gaze, head drift).
+        window_frames: frames per motion window (1: lowest latency).
+        margin_ms: silence is filled in this long before a frame is due, leaving
+            time to render it (rendering one takes ~5 ms here).
+        max_video_s: rendered frames held ahead of playback at most.
+        catch_up_frames: queue length above which frames without speech are dropped.
+        max_speech_s: queued speech before :meth:`AvatarSession.push_speech` waits.
+        max_mic_ms: microphone audio held at most (older is dropped).
+        startup_delay_ms: the first frame is due this long after the first pull.
+    """
+
+    fps: float = 25.0
+    seed: int = 0
+    window_frames: int = 1
+    margin_ms: float = 30.0
+    max_video_s: float = 0.5
+    catch_up_frames: int = 3
+    max_speech_s: float = 20.0
+    max_mic_ms: float = 100.0
+    startup_delay_ms: float = 80.0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "fps": 1.0 <= self.fps <= 60.0, "window_frames": 1 <= self.window_frames <= 50,
+            "margin_ms": 0.0 <= self.margin_ms <= 500.0, "max_video_s": 0.1 <= self.max_video_s <= 10.0,
+            "catch_up_frames": self.catch_up_frames >= 1, "max_speech_s": 1.0 <= self.max_speech_s <= 3600.0,
+            "max_mic_ms": 20.0 <= self.max_mic_ms <= 5000.0, "startup_delay_ms": 0.0 <= self.startup_delay_ms,
+        }  # fmt: skip
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"SessionConfig.{name}={getattr(self, name)!r} is out of range")
+
+
+@dataclass(frozen=True)
+class PlaybackStarted:
+    """The first frame of a speech segment is playing."""
+
+    segment_id: int
+
+
+@dataclass(frozen=True)
+class PlaybackFinished:
+    """A speech segment stopped playing: at its end, or ``interrupted`` by :meth:`AvatarSession.clear`."""
+
+    segment_id: int
+    position_s: float
+    interrupted: bool
+
+
+SessionEvent = PlaybackStarted | PlaybackFinished
+
+
+@dataclass
+class _Segment:
+    id: int
+    pending: int = 0  # samples queued, not yet taken into ticks
+    taken: int = 0  # samples taken into ticks
+    ended: bool = False
+    started: bool = False
+    finished: bool = False
+    last_seq: int = -1
+    played_seq: int = -1
+    played_s: float = 0.0
+    resampler: StreamResampler | None = None
+
+
+class AvatarSession:
+    """The live pipeline of one avatar (see the module docstring).
+
+    Args:
+        renderer: has ``render(pose, coeffs) -> (H, W, 3) uint8`` and ``size``.
+        generator: the motion generator.
+        rest: (52,) the portrait's own expression coefficients.
+        config: latency and queue settings.
+        clock: the media clock (tests inject a virtual one).
+        executor: where the model and renderer run (the loop's default executor if omitted).
+        speech_gate: gate microphone audio with silero-vad (a :class:`SpeechGate`,
+            ``True`` to load one, ``False`` for none).
+    """
+
+    def __init__(
+        self,
+        renderer: Any,
+        generator: MotionGenerator,
+        rest: np.ndarray,
+        *,
+        config: SessionConfig | None = None,
+        clock: Clock | None = None,
+        executor: Executor | None = None,
+        speech_gate: SpeechGate | bool = True,
+    ) -> None:
+        self.config = cfg = config or SessionConfig()
+        self.renderer = renderer
+        self.generator = generator
+        self.clock = clock or MonotonicClock()
+        self.executor = executor
+        self._gate = SpeechGate() if speech_gate is True else (speech_gate or None)
+        self._state = generator.initial_state(np.asarray(rest, np.float32), cfg.seed)
+        self._windower = AudioWindower(fps=cfg.fps, window_frames=cfg.window_frames,
+                                       context_ms=generator.context_ms, lookahead_ms=generator.lookahead_ms,
+                                       sample_rate=MODEL_RATE)
+        self._down = StreamResampler(RATE, MODEL_RATE)
+        rest_image = np.array(renderer.render(neutral_pose(1)[0], np.asarray(rest, np.float32)), copy=True)
+        self.playout = Playout(fps=cfg.fps, clock=self.clock, initial_image=rest_image, sample_rate=RATE,
+                               max_frames=max(2, round(cfg.max_video_s * cfg.fps)),
+                               catch_up_frames=cfg.catch_up_frames, startup_delay_s=cfg.startup_delay_ms / 1000,
+                               on_play=self._on_play)
+        self._speech: deque[list[Any]] = deque()  # [segment, float32 samples at 48 kHz, arrival time]
+        self._speech_samples = 0
+        self._segments: dict[int, _Segment] = {}
+        self._open: _Segment | None = None
+        self._next_segment = 1
+        self._mic: deque[tuple[np.ndarray, float]] = deque()
+        self._mic_samples = 0
+        self._mic_in: StreamResampler | None = None
+        self._timeline: deque[tuple[np.ndarray, TickInfo]] = deque()  # ticks not yet in a frame
+        self._timeline_start = 0  # timeline sample of _timeline[0]
+        self._seq = 0
+        self._frames_made = 0
+        self._zero_pending = False
+        self._input = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._listeners: list[Callable[[SessionEvent], None]] = []
+        self._latency = LatencyStats()
+        self._step_s = 0.0
+        self._steps = 0
+        self._task: asyncio.Task[None] | None = None
+        self.closed = False
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the video."""
+        return tuple(self.renderer.size)  # type: ignore[return-value]
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start producing frames (the media clock starts at the first pull)."""
+        if self._task is None and not self.closed:
+            self._task = asyncio.get_running_loop().create_task(self._produce(), name="emote-producer")
+
+    async def aclose(self) -> None:
+        """Stop the producer and end both tracks; idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        self.playout.close()
+        self._input.set()
+        self._drained.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._speech.clear()
+        self._mic.clear()
+        self._timeline.clear()
+
+    def add_listener(self, listener: Callable[[SessionEvent], None]) -> None:
+        """Call ``listener`` (on the event loop) with every :class:`PlaybackStarted` / :class:`PlaybackFinished`."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[SessionEvent], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
+
+    # -- inputs --------------------------------------------------------------------------------
+    def push_microphone(self, samples: np.ndarray, sample_rate: int) -> None:
+        """Live caller audio (mono, int16 or float); never blocks, drops the oldest beyond ``max_mic_ms``."""
+        if self.closed:
+            return
+        if self._mic_in is None or self._mic_in.in_rate != sample_rate:
+            self._mic_in = StreamResampler(sample_rate, RATE)
+        block = self._mic_in.process(samples)
+        self._mic.append((block, self.clock.now()))
+        self._mic_samples += len(block)
+        limit = int(self.config.max_mic_ms * RATE / 1000)
+        while self._mic_samples - len(self._mic[0][0]) >= limit:
+            self._mic_samples -= len(self._mic.popleft()[0])
+        self._input.set()
+
+    async def push_speech(self, samples: np.ndarray, sample_rate: int) -> int:
+        """Queue speech for the avatar to say; awaits while ``max_speech_s`` are already queued.
+
+        Args:
+            samples: (N,) mono int16 or float audio.
+            sample_rate: its rate (8 to 192 kHz).
+
+        Returns:
+            The id of the segment it belongs to (a segment opens at the first push
+            after :meth:`end_of_speech` or :meth:`clear`).
+
+        Raises:
+            SessionClosed: the session was closed.
+        """
+        x = to_float32(samples)
+        while not self.closed and self._speech_samples >= self.config.max_speech_s * RATE:
+            self._drained.clear()
+            await self._drained.wait()
+        if self.closed:
+            raise SessionClosed("the avatar session is closed")
+        seg = self._open
+        if seg is None:
+            seg = self._open = _Segment(self._next_segment)
+            self._segments[seg.id] = seg
+            self._next_segment += 1
+        if seg.resampler is None or seg.resampler.in_rate != sample_rate:
+            if seg.resampler is not None:
+                self._queue_speech(seg, seg.resampler.flush())
+            seg.resampler = StreamResampler(sample_rate, RATE)
+        self._queue_speech(seg, seg.resampler.process(x))
+        return seg.id
+
+    def end_of_speech(self) -> None:
+        """Close the open segment; :class:`PlaybackFinished` follows once it has played."""
+        seg, self._open = self._open, None
+        if seg is None:
+            return
+        if seg.resampler is not None:
+            self._queue_speech(seg, seg.resampler.flush())
+        seg.ended = True
+        self._maybe_finish(seg)
+        self._input.set()
+
+    def clear(self) -> None:
+        """Interrupt: drop queued speech, microphone audio and frames now (see the module docstring)."""
+        self._open = None
+        for seg in list(self._segments.values()):
+            self._finish(seg, interrupted=True)
+        self._segments.clear()
+        self._speech.clear()
+        self._speech_samples = 0
+        self._mic.clear()
+        self._mic_samples = 0
+        self.playout.clear()
+        for i, (audio, tick) in enumerate(self._timeline):
+            if tick.source == "speech":
+                audio[:] = 0.0
+                self._timeline[i] = (audio, TickInfo(tick.seq, "idle", None, 0.0, tick.arrival))
+        self._zero_pending = True
+        self._drained.set()
+        self._input.set()
+
+    def _queue_speech(self, seg: _Segment, block: np.ndarray) -> None:
+        if len(block):
+            self._speech.append([seg, block, self.clock.now()])
+            self._speech_samples += len(block)
+            seg.pending += len(block)
+            self._input.set()
+
+    # -- outputs -------------------------------------------------------------------------------
+    async def next_video(self) -> VideoOut:
+        """The next video frame, at its deadline on the media clock."""
+        return await self.playout.next_video()
+
+    async def next_audio(self) -> AudioOut:
+        """The next 20 ms of the avatar's audio, at its deadline."""
+        return await self.playout.next_audio()
+
+    def stats(self) -> SessionStats:
+        """Counters and latency so far."""
+        p = self.playout
+        return SessionStats(
+            frames=p._assigned + 1, late_frames=p.late_frames, dropped_frames=p.dropped_frames,
+            skipped_periods=p.skipped_periods, queued_frames=len(p.entries),
+            queued_speech_s=self._speech_samples / RATE, step_ms_mean=1000 * self._step_s / max(self._steps, 1),
+            latency_ms_p50=self._latency.percentile(50), latency_ms_p95=self._latency.percentile(95),
+            latency_samples=len(self._latency),
+        )  # fmt: skip
+
+    # -- the producer --------------------------------------------------------------------------
+    async def _produce(self) -> None:
+        loop = asyncio.get_running_loop()
+        await self.playout.started.wait()
+        while not self.closed:
+            await self.playout.wait_for_space()
+            tick = self._take_tick(force=False)
+            if tick is None:
+                due = self.playout.next_due()
+                assert due is not None  # the clock has started
+                deadline = due - self.config.margin_ms / 1000.0
+                if self.clock.now() < deadline:
+                    await self._wait_input(deadline)
+                    continue
+                tick = self._take_tick(force=True)
+            audio, info = tick
+            zero, self._zero_pending = self._zero_pending, False
+            self._timeline.append((audio, info))
+            images = await loop.run_in_executor(self.executor, self._advance, audio, info.source == "mic", zero)
+            for image in images:
+                if not self.closed:
+                    self.playout.push(self._frame_entry(image))
+
+    async def _wait_input(self, deadline: float) -> None:
+        self._input.clear()
+        waiters = {asyncio.ensure_future(self._input.wait()), asyncio.ensure_future(self.clock.sleep_until(deadline))}
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+
+    def _take_tick(self, *, force: bool) -> tuple[np.ndarray, TickInfo] | None:
+        """The next 20 ms of the timeline from the first source that has it (``force``: silence if none)."""
+        now = self.clock.now()
+        seq = self._seq
+        if self._speech:
+            seg: _Segment = self._speech[0][0]
+            if seg.pending >= TICK or seg.ended or force:
+                audio = np.zeros(TICK, np.float32)
+                arrival, filled = self._speech[0][2], 0
+                while filled < TICK and self._speech and self._speech[0][0] is seg:
+                    block = self._speech[0][1]
+                    n = min(TICK - filled, len(block))
+                    audio[filled : filled + n] = block[:n]
+                    filled += n
+                    if n == len(block):
+                        self._speech.popleft()
+                    else:
+                        self._speech[0][1] = block[n:]
+                seg.pending -= filled
+                seg.taken += filled
+                self._speech_samples -= filled
+                seg.last_seq = seq
+                self._drained.set()
+                self._discard_mic(TICK)
+                self._seq += 1
+                return audio, TickInfo(seq, "speech", seg.id, seg.taken / RATE, arrival)
+            return None  # the rest of this tick's speech is on its way: wait for it (or the deadline)
+        if self._mic_samples >= TICK:
+            arrival = self._mic[0][1]
+            audio = self._pop_mic(TICK)
+            self._seq += 1
+            return audio, TickInfo(seq, "mic", None, 0.0, arrival)
+        if force:
+            self._seq += 1
+            return np.zeros(TICK, np.float32), TickInfo(seq, "idle", None, 0.0, now)
+        return None
+
+    def _pop_mic(self, n: int) -> np.ndarray:
+        out = np.zeros(n, np.float32)
+        filled = 0
+        while filled < n and self._mic:
+            block, arrival = self._mic[0]
+            k = min(n - filled, len(block))
+            out[filled : filled + k] = block[:k]
+            filled += k
+            if k == len(block):
+                self._mic.popleft()
+            else:
+                self._mic[0] = (block[k:], arrival)
+        self._mic_samples -= filled
+        return out
+
+    def _discard_mic(self, n: int) -> None:
+        if self._mic_samples:
+            self._pop_mic(min(n, self._mic_samples))
+
+    def _advance(self, audio48: np.ndarray, is_mic: bool, zero_pending: bool) -> list[np.ndarray]:
+        """One tick through the model and renderer (runs in the executor)."""
+        t = time.perf_counter()
+        if zero_pending:
+            self._windower.silence_pending()
+        x16 = self._down.process(audio48)
+        if self._gate is not None and is_mic:
+            x16 = self._gate.process(x16)
+        images = []
+        for window in self._windower.push(x16):
+            chunk, self._state = self.generator.generate(window, self._state)
+            for i in range(len(chunk)):
+                images.append(np.array(self.renderer.render(chunk.pose[i], chunk.coeffs[i]), copy=True))
+        self._step_s += time.perf_counter() - t
+        self._steps += 1
+        return images
+
+    def _frame_entry(self, image: np.ndarray) -> FrameEntry:
+        """Pair a rendered frame with its frame period of the timeline's audio."""
+        f = self._frames_made
+        self._frames_made += 1
+        lo = int(round(f * RATE / self.config.fps))
+        hi = int(round((f + 1) * RATE / self.config.fps))
+        audio = np.zeros(hi - lo, np.float32)
+        ticks = []
+        pos = self._timeline_start
+        for block, info in self._timeline:
+            a, b = max(lo, pos), min(hi, pos + len(block))
+            if a < b:
+                audio[a - lo : b - lo] = block[a - pos : b - pos]
+                ticks.append(info)
+            pos += len(block)
+        while self._timeline and self._timeline_start + len(self._timeline[0][0]) <= hi:
+            self._timeline_start += len(self._timeline.popleft()[0])
+        return FrameEntry(image=image, audio=to_int16(audio), ticks=tuple(ticks))
+
+    # -- playback events -----------------------------------------------------------------------
+    def _on_play(self, entry: FrameEntry, index: int) -> None:
+        if not entry.late and (arrival := entry.arrival) is not None:
+            self._latency.add(1000.0 * (self.clock.now() - arrival))
+        for tick in entry.ticks:
+            seg = self._segments.get(tick.segment) if tick.segment is not None else None
+            if seg is None or seg.finished:
+                continue
+            if not seg.started:
+                seg.started = True
+                self._emit(PlaybackStarted(seg.id))
+            seg.played_seq = max(seg.played_seq, tick.seq)
+            seg.played_s = max(seg.played_s, tick.position_s)
+            self._maybe_finish(seg)
+
+    def _maybe_finish(self, seg: _Segment) -> None:
+        if seg.ended and not seg.finished and seg.pending == 0 and seg.played_seq >= seg.last_seq:
+            if not seg.started:  # an empty segment
+                seg.started = True
+                self._emit(PlaybackStarted(seg.id))
+            self._finish(seg, interrupted=False)
+
+    def _finish(self, seg: _Segment, *, interrupted: bool) -> None:
+        if seg.finished:
+            return
+        seg.finished = True
+        self._segments.pop(seg.id, None)
+        self._emit(PlaybackFinished(seg.id, round(seg.played_s, 3), interrupted))
+
+    def _emit(self, event: SessionEvent) -> None:
+        for listener in list(self._listeners):
+            listener(event)
