@@ -14,7 +14,8 @@ bare ``ValueError`` for user input.
     │   ├── AudioError             the audio cannot be used
     │   │   ├── EmptyAudioError    the file holds no samples
     │   │   └── CorruptAudioError  the file cannot be decoded
-    │   └── OptionError            a command-line option or config value is out of range
+    │   ├── OptionError            a command-line option or config value is out of range
+    │   └── SignalingError         a WebRTC offer cannot be answered (malformed SDP, wrong type, no video)
     └── DependencyError            an optional component (e.g. TTS engine) is not installed
 """
 
@@ -59,6 +60,10 @@ class CorruptAudioError(AudioError):
 
 class OptionError(InputError):
     """A command-line option or configuration value is invalid."""
+
+
+class SignalingError(InputError):
+    """A WebRTC offer cannot be answered: malformed SDP, not an offer, or nothing the avatar can send to."""
 
 
 class DependencyError(EmoteError):
