@@ -244,9 +244,9 @@ class AvatarSession:
         block = self._mic_in.process(samples)
         self._mic.append((block, self.clock.now()))
         self._mic_samples += len(block)
-        limit = int(self.config.max_mic_ms * RATE / 1000)
-        while self._mic_samples - len(self._mic[0][0]) >= limit:
-            self._mic_samples -= len(self._mic.popleft()[0])
+        excess = self._mic_samples - int(self.config.max_mic_ms * RATE / 1000)
+        if excess > 0:  # live audio is only useful now: drop the oldest
+            self._pop_mic(excess)
         self._input.set()
 
     async def push_speech(self, samples: np.ndarray, sample_rate: int) -> int:
@@ -355,7 +355,8 @@ class AvatarSession:
                 tick = self._take_tick(force=True)
             audio, info = tick
             zero, self._zero_pending = self._zero_pending, False
-            self._timeline.append((audio, info))
+            # Only speech is played back: the caller's microphone is not echoed.
+            self._timeline.append((audio if info.source == "speech" else np.zeros_like(audio), info))
             images = await loop.run_in_executor(self.executor, self._advance, audio, info.source == "mic", zero)
             for image in images:
                 if not self.closed:
