@@ -26,7 +26,7 @@ const UNREACHABLE = `Can't reach the Emote server at ${location.origin}. Check t
 class UserError extends Error {}
 
 let selectedPortrait = null; // portrait id, or null for the server's default
-let call = null; // {pc, stream, sessionId, withMic, stats: {...}, timers: {...}}
+let call = null; // {pc, stream, sessionId, withMic, connected, previous (stats), timers}
 
 // ---------------------------------------------------------------- status and state
 
@@ -166,6 +166,7 @@ async function startCall(withMic) {
   if (call) return call;
   emote.lastError = null;
   const current = { pc: null, stream: null, sessionId: null, withMic, previous: null, timers: {} };
+  current.connected = new Promise((resolve) => { current.onConnected = resolve; });
   call = current;
   setState("connecting");
   showStatus(withMic ? "Asking for the microphone…" : "Connecting…");
@@ -229,6 +230,7 @@ function onConnectionState(current) {
   const state = current.pc.connectionState;
   if (state === "connected") {
     clearTimeout(current.timers.disconnect);
+    current.onConnected();
     setState("connected");
     showStatus(current.withMic
       ? "In a call. Speak and the avatar mouths your words; type below to make it talk."
@@ -277,7 +279,12 @@ async function say(text) {
   let current = call;
   if (!current) current = await startCall(false);
   if (!current) return;
-  if (!current.sessionId) return; // hung up while connecting
+  if (emote.state !== "connected") {
+    // Speech sent before the media flows would play to no one: wait for the connection.
+    showStatus("Connecting… the avatar will speak once the call is up.");
+    await Promise.race([current.connected, new Promise((resolve) => setTimeout(resolve, 15000))]);
+    if (call !== current || emote.state !== "connected") return; // hung up or failed meanwhile (already shown)
+  }
   const response = await request(`/sessions/${encodeURIComponent(current.sessionId)}/say`, {
     method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ text }),
   });
