@@ -46,6 +46,8 @@ class PcmSource(MediaStreamTrack):
         self._index = 0
         self._start_s: float | None = None
         self.played_s = 0.0  # seconds of queued (non-silent) audio sent so far
+        # [first, last] time.monotonic() at which each played piece was sent, in play() order.
+        self.spans: list[list[float]] = []
 
     def play(self, samples: np.ndarray, sample_rate: int) -> None:
         """Queue mono ``samples`` (float in [-1, 1] or int16) at ``sample_rate`` behind what is queued."""
@@ -54,7 +56,8 @@ class PcmSource(MediaStreamTrack):
         if sample_rate != SAMPLE_RATE:
             n_out = int(round(len(audio) * SAMPLE_RATE / sample_rate))
             audio = np.interp(np.arange(n_out) * (sample_rate / SAMPLE_RATE), np.arange(len(audio)), audio)
-        self._pending.append((np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16))
+        if len(audio):
+            self._pending.append((np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16))
 
     def play_wav(self, path: str | Path) -> None:
         """Queue a sound file (any format PyAV reads), as the pipeline's 16 kHz mono."""
@@ -85,12 +88,16 @@ class PcmSource(MediaStreamTrack):
     def _take(self, n: int) -> np.ndarray:
         out = np.zeros(n, np.int16)
         filled = 0
+        now = time.monotonic()
         while filled < n and self._pending:
             head = self._pending[0]
+            if self._offset == 0:
+                self.spans.append([now, now])
             take = min(n - filled, len(head) - self._offset)
             out[filled : filled + take] = head[self._offset : self._offset + take]
             filled += take
             self._offset += take
+            self.spans[-1][1] = now + take / SAMPLE_RATE
             if self._offset == len(head):
                 self._pending.popleft()
                 self._offset = 0

@@ -1,0 +1,346 @@
+"""End to end over WebRTC: an in-process aiortc caller talks to an AvatarPeer on loopback.
+
+Most tests use the real AvatarSession, motion generator and speech gate with a fake renderer that paints
+what matters into the picture: the lip coefficients as grey stripes (so "the lips move" and "the lips hold
+still" can be read back from decoded VP8 frames) and the render count in binary (so order and repeats are
+visible). One test runs the real renderer on the bundled portrait. Run inside a loopback-only namespace
+(``unshare -rn``), as ``make test`` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from aiortc import RTCPeerConnection
+
+from model.baseline import BaselineGenerator
+from model.errors import SignalingError
+from model.motion import COEFF_INDEX, N_COEFFS
+from model.mouth_dynamics import MOUTH_CHANNELS
+from server.ice import IceGuard, IcePolicy, rtc_configuration
+from server.webrtc import AvatarPeer
+from streaming.session import AvatarSession, PlaybackFinished, SessionConfig, SessionEvent
+from streaming.speech_gate import SpeechGate, load_vad_model
+from tests._fixtures import run_generator
+from tests._rtc_client import RtcClient
+
+LIPS = [COEFF_INDEX[name] for name in (*MOUTH_CHANNELS, "mouthLowerDownLeft", "mouthLowerDownRight")]
+JAW = LIPS.index(COEFF_INDEX["jawOpen"])
+WIDTH, HEIGHT, BLOCK, BITS = 256, 128, 16, 16
+PORTRAIT = Path(__file__).resolve().parents[1] / "model" / "assets" / "default_portrait.jpg"
+
+
+class PaintingRenderer:
+    """A fake renderer: lip coefficients as grey stripes on top, the render count in binary below."""
+
+    size = (WIDTH, HEIGHT)
+
+    def __init__(self) -> None:
+        self.renders = 0
+
+    def render(self, pose: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
+        image = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
+        for i, k in enumerate(LIPS):
+            image[: HEIGHT // 2, i * BLOCK : (i + 1) * BLOCK] = round(float(np.clip(coeffs[k], 0, 1)) * 255)
+        for bit in range(BITS):
+            if (self.renders >> bit) & 1:
+                image[HEIGHT // 2 :, bit * BLOCK : (bit + 1) * BLOCK] = 255
+        self.renders += 1
+        return image
+
+
+def read_lips(image: np.ndarray) -> np.ndarray:
+    """(len(LIPS),) lip coefficients read back from a decoded frame (block centres, away from VP8 edges)."""
+    top = image[HEIGHT // 8 : 3 * HEIGHT // 8].astype(np.float32).mean(axis=2)
+    return np.array([top[:, i * BLOCK + 4 : (i + 1) * BLOCK - 4].mean() / 255 for i in range(len(LIPS))])
+
+
+def read_index(image: np.ndarray) -> int:
+    """The render count painted into a decoded frame."""
+    bottom = image[5 * HEIGHT // 8 : 7 * HEIGHT // 8].astype(np.float32).mean(axis=2)
+    return sum(1 << b for b in range(BITS) if bottom[:, b * BLOCK + 4 : (b + 1) * BLOCK - 4].mean() > 128)
+
+
+def rest_expression() -> np.ndarray:
+    rest = np.zeros(N_COEFFS, np.float32)
+    rest[COEFF_INDEX["jawOpen"]] = 0.05
+    rest[COEFF_INDEX["mouthSmileLeft"]] = rest[COEFF_INDEX["mouthSmileRight"]] = 0.2
+    return rest
+
+
+def speech(text: str) -> tuple[np.ndarray, int]:
+    """``text`` spoken by espeak-ng, or a vowel-like buzz in syllable bursts when TTS is not installed."""
+    from server import tts
+
+    if tts.espeak_available():
+        samples, rate = tts.synthesize(text)
+        return samples, rate
+    rate = 16000
+    t = np.arange(int(1.6 * rate)) / rate
+    voice = sum(np.sin(2 * np.pi * f * t) / (i + 1) for i, f in enumerate((140, 280, 700, 1200)))
+    syllables = (np.sin(2 * np.pi * 4 * t) > 0).astype(np.float32)
+    return (0.2 * voice * syllables).astype(np.float32), rate
+
+
+@pytest.fixture(scope="module")
+def vad_model() -> object:
+    """silero-vad loaded once (about 2 s); each test still gets its own gate state."""
+    return load_vad_model()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _warm_motion_model() -> None:
+    """Compile the generator's numba kernels before any call, so the first second of a call is not late."""
+    run_generator(BaselineGenerator(), speech("warm up")[0][:16000], rest=rest_expression())
+
+
+class Recorder:
+    """What the server side reported during a call: on_closed calls and session events."""
+
+    def __init__(self) -> None:
+        self.closed: list[float] = []  # time.monotonic() of each on_closed call
+        self.events: list[SessionEvent] = []
+        self._changed = asyncio.Event()
+
+    def on_closed(self) -> None:
+        self.closed.append(time.monotonic())
+        self._changed.set()
+
+    def on_event(self, event: SessionEvent) -> None:
+        self.events.append(event)
+        self._changed.set()
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout_s: float) -> None:
+        async with asyncio.timeout(timeout_s):
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def wait_closed(self, timeout_s: float) -> float:
+        """Seconds until the server's on_closed fired."""
+        start = time.monotonic()
+        await self.wait_for(lambda: bool(self.closed), timeout_s)
+        return self.closed[0] - start
+
+
+@dataclass
+class Call:
+    session: AvatarSession
+    peer: AvatarPeer
+    client: RtcClient
+    server: Recorder
+
+
+async def answer_with(peer: AvatarPeer) -> Callable[[str, str], object]:
+    async def answer(sdp: str, kind: str) -> tuple[str, str]:
+        description = await peer.answer(sdp, kind)
+        return description.sdp, description.type
+
+    return answer
+
+
+@contextlib.asynccontextmanager
+async def avatar_call(
+    *,
+    renderer: object | None = None,
+    rest: np.ndarray | None = None,
+    speech_gate: SpeechGate | bool = False,
+    **peer_options: float,
+) -> AsyncIterator[Call]:
+    """A started session, its peer and a connected client; afterwards everything closed and no task left."""
+    session = AvatarSession(
+        renderer or PaintingRenderer(), BaselineGenerator(), rest_expression() if rest is None else rest,
+        config=SessionConfig(), speech_gate=speech_gate,
+    )  # fmt: skip
+    await session.start()
+    server = Recorder()
+    session.add_listener(server.on_event)
+    peer = AvatarPeer(session, policy=IcePolicy(), on_closed=server.on_closed, **peer_options)
+    call = Call(session, peer, RtcClient(max_video_frames=1000), server)
+    try:
+        await call.client.connect(await answer_with(peer), timeout_s=5)
+        yield call
+    finally:
+        await call.client.close()
+        await peer.close()
+        await session.aclose()
+    assert len(server.closed) == 1, "on_closed must fire exactly once"
+    for _ in range(5):
+        await asyncio.sleep(0)
+    left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+    assert not left, f"tasks left running: {left}"
+
+
+def window(call: Call, start_s: float, end_s: float) -> list[np.ndarray]:
+    """Decoded frames that arrived between two time.monotonic() instants."""
+    return [f.image for f in call.client.video if start_s <= f.arrival_s < end_s]
+
+
+@pytest.mark.asyncio
+async def test_answer_refuses_what_is_not_an_offer() -> None:
+    offers = []
+    for kinds in (("audio",), ("video", "audio")):
+        pc = RTCPeerConnection(rtc_configuration())
+        for kind in kinds:
+            pc.addTransceiver(kind, direction="recvonly" if kind == "video" else "sendrecv")
+        IceGuard(IcePolicy()).attach(pc)
+        await pc.setLocalDescription(await pc.createOffer())
+        offers.append(pc.localDescription.sdp)
+        await pc.close()
+    audio_only, video_offer = offers
+    session = AvatarSession(PaintingRenderer(), BaselineGenerator(), rest_expression(), speech_gate=False)
+    no_candidates = "\r\n".join(line for line in video_offer.split("\r\n") if not line.startswith("a=candidate:"))
+    lan_only = video_offer.replace(" 127.0.0.1 ", " 192.168.1.20 ")
+    cases = [
+        (audio_only, "answer", "type 'answer'"),
+        (no_candidates, "offer", "no ICE candidates"),
+        (lan_only, "offer", r"none of the offer's ICE candidates \(192.168.1.20\)"),
+        ("", "offer", "sdp is empty"),
+        ("hello", "offer", "no m= line"),
+        ("v=0\r\nm=video\r\n", "offer", "cannot be parsed"),
+        (audio_only, "offer", "does not receive video"),
+        ("v=0\r\n" * 30_000, "offer", "more than"),
+    ]
+    try:
+        for sdp, kind, message in cases:
+            closed: list[int] = []
+            peer = AvatarPeer(session, policy=IcePolicy(), on_closed=lambda c=closed: c.append(1))
+            with pytest.raises(SignalingError, match=message):
+                await peer.answer(sdp, kind)
+            assert closed == [1] and peer.connection_state == "closed"
+            await peer.close()
+            assert closed == [1]
+    finally:
+        await session.aclose()
+
+
+@pytest.mark.asyncio
+async def test_call_delivers_ordered_frames_at_25_fps_and_holds_still_in_silence() -> None:
+    async with avatar_call() as call:
+        client = call.client
+        assert client.connected_s is not None and client.connected_s < 2.0
+        await client.wait_video(60, timeout_s=5)
+        assert client.first_video_s is not None and client.first_video_s < 2.0
+        frames = list(client.video)
+        assert client.images().shape == (len(frames), HEIGHT, WIDTH, 3)
+        indices = [read_index(f.image) for f in frames]
+        assert indices == sorted(indices), "frames out of order"
+        assert np.diff(indices).max() <= 2, "frames were skipped"
+        # One frame per 40 ms, stamped on the 90 kHz clock by the session's frame index.
+        steady = frames[10:]
+        assert {b.pts - a.pts for a, b in zip(steady, steady[1:], strict=False)} == {3600}
+        fps = (len(steady) - 1) / (steady[-1].arrival_s - steady[0].arrival_s)
+        assert 22 < fps < 28, fps
+        lips = np.array([read_lips(f.image) for f in steady])
+        assert np.ptp(lips, axis=0).max() < 0.02, "the lips moved in silence"
+        assert len(client.audio) > 50 and not client.received_audio().any(), "the avatar should be silent"
+        assert {line.split()[4] for line in client.answer_sdp.splitlines() if "a=candidate:" in line} == {
+            "127.0.0.1"
+        }
+        print(f"\nsetup {client.connected_s * 1000:.0f} ms, first frame {client.first_video_s * 1000:.0f} ms, "
+              f"{fps:.1f} fps over {len(steady)} frames, late {call.session.stats().late_frames}")  # fmt: skip
+
+
+@pytest.mark.asyncio
+async def test_callers_voice_moves_the_lips_and_silence_stills_them(vad_model: object) -> None:
+    samples, rate = speech("Hello there, how are you?")
+    async with avatar_call(speech_gate=SpeechGate(model=vad_model)) as call:
+        client = call.client
+        await asyncio.sleep(0.7)
+        client.microphone.play(samples, rate)
+        await asyncio.sleep(len(samples) / rate + 1.4)
+        (start_s, end_s), = client.microphone.spans
+        assert call.peer.microphone_frames > 100
+        before = np.array([read_lips(im) for im in window(call, start_s - 0.6, start_s)])
+        during = np.array([read_lips(im) for im in window(call, start_s + 0.4, end_s)])
+        after = np.array([read_lips(im) for im in window(call, end_s + 1.0, end_s + 1.4)])
+        assert len(before) > 10 and len(during) > 20 and len(after) > 8
+        assert np.ptp(before, axis=0).max() < 0.02, "the lips moved before the caller spoke"
+        assert np.ptp(during[:, JAW]) > 0.15, "the lips did not follow the caller's voice"
+        assert np.ptp(after, axis=0).max() < 0.02, "the lips kept moving after the caller stopped"
+        assert not client.received_audio().any(), "the caller's voice must not be echoed back"
+
+
+@pytest.mark.asyncio
+async def test_pushed_speech_is_heard_in_sync_with_the_lips() -> None:
+    samples, rate = speech("One, two, three.")
+    async with avatar_call() as call:
+        await call.client.wait_video(10, timeout_s=5)
+        segment = await call.session.push_speech(samples, rate)
+        call.session.end_of_speech()
+        events = call.server.events
+        duration_s = len(samples) / rate
+        await call.server.wait_for(lambda: any(isinstance(e, PlaybackFinished) for e in events), duration_s + 3)
+        await asyncio.sleep(0.3)
+        assert events[-1] == PlaybackFinished(segment, pytest.approx(duration_s, abs=0.05), False)
+        client = call.client
+        heard = [f for f in client.audio if np.sqrt(np.mean(f.samples.astype(np.float32) ** 2)) > 300]
+        assert len(heard) * 0.02 > 0.5 * len(samples) / rate, "the speech did not come back as audio"
+        jaw = [(f.arrival_s, read_lips(f.image)[JAW]) for f in client.video]
+        moving = [t for t, value in jaw if value > jaw[0][1] + 0.1]
+        assert moving, "the lips did not move with the speech"
+        offset_ms = 1000 * (moving[0] - heard[0].arrival_s)
+        print(f"\nfirst open mouth arrived {offset_ms:+.0f} ms after the first loud audio")
+        assert abs(offset_ms) < 200
+
+
+@pytest.mark.asyncio
+async def test_caller_hanging_up_closes_the_peer() -> None:
+    async with avatar_call() as call:
+        await call.client.wait_video(5)
+        await call.client.close()
+        took_s = await call.server.wait_closed(timeout_s=3)
+        assert call.peer.end_reason == "connection closed"
+        print(f"\nhang-up noticed in {took_s * 1000:.0f} ms")
+
+
+@pytest.mark.asyncio
+async def test_vanished_caller_is_released_within_seconds() -> None:
+    async with avatar_call(silence_timeout_s=1.5) as call:
+        await call.client.wait_video(5)
+        await call.client.vanish()
+        took_s = await call.server.wait_closed(timeout_s=4)
+        assert "vanished" in (call.peer.end_reason or "")
+        assert 1.0 < took_s < 3.0
+        assert call.peer.connection_state == "closed"
+        print(f"\nvanished caller released after {took_s:.2f} s")
+
+
+@pytest.mark.asyncio
+async def test_real_renderer_streams_the_bundled_portrait() -> None:
+    from streaming.offline import prepare_portrait
+
+    framed, renderer = prepare_portrait(PORTRAIT)
+    samples, rate = speech("Good morning, nice to see you.")
+    mouth = framed.landmarks[[13, 14, 61, 291], :2]
+    (x0, y0), (x1, y1) = mouth.min(axis=0).astype(int) - 12, mouth.max(axis=0).astype(int) + 12
+    async with avatar_call(renderer=renderer, rest=framed.rest) as call:
+        client = call.client
+        await client.wait_video(25, timeout_s=5)
+        quiet_until = time.monotonic()
+        await call.session.push_speech(samples, rate)
+        call.session.end_of_speech()
+        await asyncio.sleep(len(samples) / rate + 0.3)
+        frames = list(client.video)
+        assert frames[-1].image.shape == (512, 512, 3)
+        steady = frames[5:]
+        fps = (len(steady) - 1) / (steady[-1].arrival_s - steady[0].arrival_s)
+        stats = call.session.stats()
+
+        def mouth_motion(images: list[np.ndarray]) -> float:
+            crops = np.array([im[y0:y1, x0:x1].astype(np.float32) for im in images])
+            return float(np.abs(np.diff(crops, axis=0)).mean())
+
+        quiet = mouth_motion([f.image for f in steady if f.arrival_s < quiet_until])
+        talking = mouth_motion([f.image for f in steady if f.arrival_s > quiet_until + 0.4])
+        print(f"\n512x512: {fps:.1f} fps, {stats.late_frames}/{stats.frames} late, mouth motion quiet {quiet:.2f} "
+              f"vs talking {talking:.2f}, latency p50 {stats.latency_ms_p50} ms")  # fmt: skip
+        assert 22 < fps < 28
+        assert talking > 3 * quiet
