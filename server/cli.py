@@ -3,10 +3,12 @@
 ``emote render`` is the offline path (portrait + audio file → MP4);
 ``emote demo`` renders the bundled default portrait saying a sentence
 spoken by the offline text-to-speech engine; ``emote eval`` measures
-generated videos against real talking videos. Errors a user can cause are
-printed as one line naming the input and what to do, with exit code 2; a
-missing optional component exits with 3; Ctrl-C exits with 130 and leaves
-no half-written output behind.
+generated videos against real talking videos; ``emote serve`` runs the live
+server (WebRTC avatar, web client, agent audio socket; see server/app.py).
+Errors a user can cause are printed as one line naming the input and what
+to do, with exit code 2; a missing optional component exits with 3; Ctrl-C
+exits with 130 and leaves no half-written output behind. ``emote serve``
+stops cleanly on SIGTERM or Ctrl-C (closing every session) and exits with 0.
 """
 
 from __future__ import annotations
@@ -84,6 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--motion", default="baseline,still", help="comma-separated generators (default baseline,still)")
     ev.add_argument("--portrait", default=None, help="animate this image instead of each video's first frame")
     ev.add_argument("--seed", type=int, default=0, help="random seed of the generators")
+    serve = sub.add_parser("serve", help="run the live server: a talking avatar over WebRTC, web client at /")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
+    serve.add_argument("--port", type=int, default=8080, help="port for HTTP and WebSocket (default 8080, 0 = any)")
+    serve.add_argument("--portrait", default=None, help="default portrait (default: the bundled one)")
+    serve.add_argument("--max-sessions", type=int, default=2, help="concurrent sessions (default 2)")
+    serve.add_argument("--data-dir", default=None,
+                       help="where uploaded portraits are kept (default $EMOTE_DATA_DIR or ~/.local/share/emote)")
+    serve.add_argument("--ice-address", action="append", default=None, metavar="IP",
+                       help="a local address WebRTC media may use; repeat for several (default 127.0.0.1 only)")
     return parser
 
 
@@ -125,6 +136,68 @@ def _demo(args: argparse.Namespace) -> None:
     print(f"open {Path(args.output).resolve()} to watch the demo")
 
 
+def _serve(args: argparse.Namespace) -> None:
+    import logging
+    import signal
+    import socket
+
+    import uvicorn
+
+    from model.assets import default_portrait_path
+    from server.agent_ws import MAX_AUDIO_MESSAGE_BYTES
+    from server.app import create_app
+    from server.config import ServerConfig
+    from streaming.offline import prepare_portrait
+    from streaming.speech_gate import load_vad_model
+
+    options: dict[str, object] = {"host": args.host, "port": args.port, "max_sessions": args.max_sessions}
+    if args.portrait:
+        options["portrait"] = Path(args.portrait)
+    if args.data_dir:
+        options["data_dir"] = Path(args.data_dir)
+    if args.ice_address:
+        options["ice_addresses"] = tuple(args.ice_address)
+    config = ServerConfig(**options)  # type: ignore[arg-type]
+    # Analyse the default portrait and load the speech gate's model now: a bad --portrait fails here
+    # with its message, and the first caller does not wait for either.
+    print("emote: preparing the portrait and models ...", file=sys.stderr, flush=True)
+    prepare_portrait(config.portrait or default_portrait_path(), size=config.size, face_index=0)
+    load_vad_model()
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            config.host, config.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)  # connections wait in the backlog until the server accepts them
+    except OSError as exc:
+        raise InputError(f"cannot listen on {config.host}:{config.port} ({exc.strerror or exc}); "
+                         "choose another --port or --host") from None
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    logging.basicConfig(level=logging.WARNING, format="emote: %(levelname)s: %(name)s: %(message)s")
+    logging.getLogger("server").setLevel(logging.INFO)
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(config), loop="uvloop", http="httptools", ws="websockets-sansio",
+        ws_max_size=MAX_AUDIO_MESSAGE_BYTES + 4096, lifespan="on", access_log=False, log_level="warning",
+        timeout_graceful_shutdown=int(max(1, config.shutdown_timeout_s)),
+    ))
+    stops: list[int] = []
+    # uvicorn handles SIGINT/SIGTERM while it runs and re-raises them afterwards to the handlers found
+    # before it started; these record the signal, so that a requested stop ends with exit code 0.
+    previous = {sig: signal.signal(sig, lambda signum, _frame: stops.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    print(f"emote: serving on http://{shown}:{port} (max {config.max_sessions} sessions); "
+          "open it in a browser, Ctrl-C stops", flush=True)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("emote: stopped; every session was closed", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
@@ -140,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
             _demo(args)
         elif args.command == "eval":
             _eval(args)
+        elif args.command == "serve":
+            _serve(args)
     except InputError as exc:
         print(f"emote: error: {exc}", file=sys.stderr)
         return 2

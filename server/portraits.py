@@ -1,0 +1,222 @@
+"""The portraits a session can animate: the default one and those people upload.
+
+``GET /portraits`` lists them, ``POST /portraits`` adds one, ``POST /offer`` names one by id. The
+default portrait (the bundled Grace Hopper photograph, or ``emote serve --portrait``) has the id
+``default``; an upload's id is the first 16 hex digits of the SHA-256 of its bytes, so uploading the
+same photo twice gives the same id. Uploads are checked before they are kept: the image is decoded
+and the face analysed (:func:`model.portrait.analyze_portrait`, on a worker thread, which also fills
+the analysis cache the session will read), and a picture without a usable face is refused with the
+analyser's message. Accepted files are written atomically (temporary file, then rename) under the
+data folder with a small JSON sidecar holding the uploaded file name, and are found again after a
+restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from PIL import Image, UnidentifiedImageError
+
+from model.errors import NotAnImageError, PortraitError
+from model.portrait import analyze_portrait
+
+DEFAULT_ID = "default"
+ID_HEX_DIGITS = 16
+# Formats kept as they are (the browser can show them); the suffix decides the served media type.
+_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
+_MEDIA_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
+                ".gif": "image/gif", ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff"}
+_ID_RE = re.compile(rf"^[0-9a-f]{{{ID_HEX_DIGITS}}}$")
+_MAX_NAME_CHARS = 120
+
+log = logging.getLogger(__name__)
+
+
+class UnknownPortraitError(KeyError):
+    """No portrait has this id (HTTP 404)."""
+
+    def __init__(self, portrait_id: str) -> None:
+        super().__init__(portrait_id)
+        self.portrait_id = portrait_id
+
+    def __str__(self) -> str:
+        return f"no portrait has the id {self.portrait_id!r}; GET /portraits lists them"
+
+
+@dataclass(frozen=True)
+class PortraitInfo:
+    """One portrait the server can animate.
+
+    Attributes:
+        id: ``"default"`` or 16 hex digits of the image's SHA-256.
+        name: a human-readable name (the uploaded file's name without folders, or the file's stem).
+        source: ``"bundled"`` for the default portrait, ``"uploaded"`` otherwise.
+        path: the image file on the server's disk.
+        media_type: the image's MIME type.
+    """
+
+    id: str
+    name: str
+    source: Literal["bundled", "uploaded"]
+    path: Path
+    media_type: str
+
+    def as_json(self) -> dict[str, str]:
+        """The entry ``GET /portraits`` returns."""
+        return {"id": self.id, "name": self.name, "source": self.source, "image_url": f"/portraits/{self.id}/image"}
+
+
+class PortraitStore:
+    """The default portrait plus the uploads kept in ``upload_dir``.
+
+    Args:
+        default_portrait: the image animated when an offer names no portrait.
+        upload_dir: folder for uploads (created on the first one).
+        executor: where face analysis runs (never on the event loop); ``None`` = the loop's default.
+        analyze: checks an image file and raises :class:`PortraitError` when it cannot be animated;
+            defaults to running the face analysis. Tests pass a cheaper one.
+        default_name: how the default portrait is listed (default: its file name without suffix).
+    """
+
+    def __init__(
+        self,
+        default_portrait: Path,
+        upload_dir: Path,
+        *,
+        executor: Executor | None = None,
+        analyze: Callable[[Path], object] | None = None,
+        default_name: str | None = None,
+    ) -> None:
+        self.upload_dir = Path(upload_dir)
+        self._executor = executor
+        self._analyze = analyze or _analyze_face
+        default = Path(default_portrait)
+        self._default = PortraitInfo(DEFAULT_ID, default_name or default.stem, "bundled", default, _media_type(default))
+        self._uploaded: dict[str, PortraitInfo] = {}
+        self._load_existing()
+
+    @property
+    def default(self) -> PortraitInfo:
+        """The portrait used when an offer names none."""
+        return self._default
+
+    def list(self) -> list[PortraitInfo]:
+        """The default portrait first, then the uploads in the order they were added (oldest first)."""
+        return [self._default, *self._uploaded.values()]
+
+    def get(self, portrait_id: str | None) -> PortraitInfo:
+        """The portrait with this id (``None`` = the default).
+
+        Raises:
+            UnknownPortraitError: no portrait has that id.
+        """
+        if portrait_id is None or portrait_id == DEFAULT_ID:
+            return self._default
+        try:
+            return self._uploaded[portrait_id]
+        except KeyError:
+            raise UnknownPortraitError(portrait_id) from None
+
+    async def add(self, data: bytes, filename: str | None) -> tuple[PortraitInfo, bool]:
+        """Check an uploaded image and keep it.
+
+        Args:
+            data: the file's bytes.
+            filename: the name the client gave it (only used for messages and listing).
+
+        Returns:
+            The portrait, and whether it is new (False when the same bytes were uploaded before).
+
+        Raises:
+            PortraitError: (or a subclass) not an image, no face, face too small; the message names
+                the uploaded file and says what to do.
+        """
+        name = _clean_name(filename)
+        portrait_id = hashlib.sha256(data).hexdigest()[:ID_HEX_DIGITS]
+        if (known := self._uploaded.get(portrait_id)) is not None:
+            return known, False
+        loop = asyncio.get_running_loop()
+        info = await loop.run_in_executor(self._executor, self._check_and_save, data, name, portrait_id)
+        # Two identical uploads may both get here; the second finds the same file and entry.
+        return self._uploaded.setdefault(portrait_id, info), True
+
+    def _check_and_save(self, data: bytes, name: str, portrait_id: str) -> PortraitInfo:
+        """Runs on a worker thread: sniff the format, analyse the face, write the file atomically."""
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                fmt = img.format or ""
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
+            raise NotAnImageError(f"{name}: not a readable image ({exc}); upload a JPEG, PNG or WebP photo") from exc
+        suffix = _SUFFIXES.get(fmt)
+        if suffix is None:
+            raise NotAnImageError(f"{name}: {fmt or 'this'} images are not accepted; upload a JPEG, PNG or WebP photo")
+        self.upload_dir.mkdir(parents=True, exist_ok=True)
+        final = self.upload_dir / f"{portrait_id}{suffix}"
+        tmp = self.upload_dir / f".{portrait_id}.{uuid.uuid4().hex}.tmp{suffix}"
+        try:
+            tmp.write_bytes(data)
+            try:
+                self._analyze(tmp)
+            except PortraitError as exc:
+                # The analyser names the file it read; the person knows it by the name they uploaded.
+                raise type(exc)(str(exc).replace(str(tmp), name)) from None
+            _write_atomic(self.upload_dir / f"{portrait_id}.json", json.dumps({"name": name}).encode())
+            os.replace(tmp, final)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        log.info("portrait %s (%s) uploaded, %d bytes", portrait_id, name, len(data))
+        return PortraitInfo(portrait_id, name, "uploaded", final, _media_type(final))
+
+    def _load_existing(self) -> None:
+        if not self.upload_dir.is_dir():
+            return
+        found = []
+        for path in self.upload_dir.iterdir():
+            if path.name.startswith(".") or path.suffix not in _MEDIA_TYPES or not _ID_RE.match(path.stem):
+                continue
+            name = path.stem
+            with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+                name = _clean_name(json.loads((path.with_suffix(".json")).read_text())["name"])
+            found.append((path.stat().st_mtime, PortraitInfo(path.stem, name, "uploaded", path, _media_type(path))))
+        for _, info in sorted(found, key=lambda item: item[0]):
+            self._uploaded[info.id] = info
+
+
+def _analyze_face(path: Path) -> object:
+    # face_index=0: the largest face, without the several-faces warning (the same cache entry as None).
+    return analyze_portrait(path, face_index=0)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def _clean_name(filename: str | None) -> str:
+    """The uploaded file's base name, printable and short; ``upload`` when none was given."""
+    base = re.split(r"[\\/]", filename or "")[-1]
+    clean = "".join(ch for ch in base if ch.isprintable()).strip()
+    return clean[:_MAX_NAME_CHARS] or "upload"
+
+
+def _media_type(path: Path) -> str:
+    return _MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")

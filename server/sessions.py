@@ -1,0 +1,358 @@
+"""Live avatar sessions: created for a caller, found by id, and released completely when they end.
+
+A session is one animated portrait: an :class:`~streaming.session.AvatarSession` (motion, rendering,
+the media clock) and, when a browser or another WebRTC peer is watching, the
+:class:`~server.webrtc.AvatarPeer` that carries its video and audio. ``POST /offer`` creates both;
+the agent audio socket and ``POST /sessions/{id}/say`` find a session by its id and feed it speech.
+
+:class:`SessionManager` enforces the session limit (a slot is reserved before the slow portrait
+preparation starts, so concurrent offers cannot overshoot it), and closes sessions on every path
+one can end by: a hang-up (``DELETE /sessions/{id}``), a client that vanished (the peer's
+``on_closed``), and server shutdown. Closing stops the peer first, then the session (reverse order
+of creation), cancels the session's speech tasks, wakes the agent sockets attached to it, and only
+then frees the slot. Rendering for every session runs on one shared thread pool owned by the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from model.baseline import BaselineGenerator
+from server.config import ServerConfig
+from server.portraits import PortraitInfo, PortraitStore
+from streaming.offline import prepare_portrait
+from streaming.session import AvatarSession, SessionClosed, SessionConfig, SessionEvent
+from streaming.speech_gate import SpeechGate
+
+if TYPE_CHECKING:
+    from server.webrtc import AvatarPeer
+
+#: /say pushes its speech in pieces this long, so that a clear or a hang-up stops it between pieces
+#: and the request answers after the first piece instead of after the whole text.
+SAY_PIECE_S = 1.0
+
+log = logging.getLogger(__name__)
+
+SessionBuilder = Callable[[PortraitInfo], Awaitable[AvatarSession]]
+PeerBuilder = Callable[[AvatarSession, Callable[[], None]], "AvatarPeer"]
+
+
+class UnknownSessionError(KeyError):
+    """No live session has this id (HTTP 404)."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(session_id)
+        self.session_id = session_id
+
+    def __str__(self) -> str:
+        return f"no live session has the id {self.session_id!r}; it ended or never existed"
+
+
+class TooManySessionsError(RuntimeError):
+    """Every session slot is taken (HTTP 503 with Retry-After)."""
+
+    def __init__(self, max_sessions: int, retry_after_s: int) -> None:
+        super().__init__(
+            f"the server is busy: all {max_sessions} session(s) are in use; try again in {retry_after_s} s"
+        )
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(eq=False)
+class ManagedSession:
+    """A live session as the server tracks it.
+
+    Attributes:
+        id: unguessable token; whoever knows it can make the avatar speak.
+        portrait_id: which portrait it animates.
+        session: the streaming core.
+        peer: the WebRTC connection, ``None`` for a session without a viewer (tests, benchmarks).
+        created_at: ``time.monotonic()`` at creation.
+        closed: set once everything is released.
+        agent_connected: an agent audio socket is attached (at most one at a time).
+    """
+
+    id: str
+    portrait_id: str
+    session: AvatarSession
+    peer: AvatarPeer | None = None
+    created_at: float = field(default_factory=time.monotonic)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    agent_connected: bool = False
+    _listeners: list[Callable[[SessionEvent], None]] = field(default_factory=list)
+    _say_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _speech_tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _sinks: list[asyncio.Task[None]] = field(default_factory=list)
+    _closing: asyncio.Task[None] | None = None
+
+    def subscribe(self, listener: Callable[[SessionEvent], None]) -> Callable[[], None]:
+        """Call ``listener`` with every playback event (on the event loop); returns the unsubscribe function."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def _dispatch(self, event: SessionEvent) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:  # one broken subscriber must not silence the others
+                log.exception("session %s: event listener failed", self.id)
+
+    async def say(self, samples: np.ndarray, sample_rate: int) -> int:
+        """Queue synthesized speech as one segment; returns its id once the first piece is queued.
+
+        The rest is pushed by a task the session owns (cancelled by :meth:`clear` and on close), so
+        that long texts neither hold the request open nor escape the session's back-pressure. Texts
+        said one after another play one after another.
+        """
+        piece = max(1, int(sample_rate * SAY_PIECE_S))
+        await self._say_lock.acquire()
+        try:
+            segment_id = await self.session.push_speech(samples[:piece], sample_rate)
+            if len(samples) <= piece:
+                self.session.end_of_speech()
+                self._say_lock.release()
+                return segment_id
+            task = asyncio.create_task(self._push_rest(samples[piece:], sample_rate, piece), name=f"say-{self.id}")
+        except BaseException:
+            self._say_lock.release()
+            raise
+        self._speech_tasks.add(task)
+        task.add_done_callback(self._speech_tasks.discard)
+        return segment_id
+
+    async def _push_rest(self, samples: np.ndarray, sample_rate: int, piece: int) -> None:
+        try:
+            for start in range(0, len(samples), piece):
+                await self.session.push_speech(samples[start : start + piece], sample_rate)
+            self.session.end_of_speech()
+        except SessionClosed:
+            pass
+        finally:
+            self._say_lock.release()
+
+    async def clear(self) -> None:
+        """Interrupt: stop pushing text speech, then drop everything queued (the core's ``clear``)."""
+        await self._cancel_speech()
+        self.session.clear()
+
+    async def _cancel_speech(self) -> None:
+        tasks = list(self._speech_tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class SessionManager:
+    """Creates, finds and closes sessions; at most ``config.max_sessions`` at a time.
+
+    Args:
+        config: the server settings (session limit, fps, size, ICE allow-list).
+        portraits: where portrait ids are resolved.
+        render_executor: the thread pool shared by all sessions for motion and rendering.
+        prepare_executor: where portraits are prepared for a new session (default: ``render_executor``);
+            a separate one keeps a slow first analysis from delaying live sessions' frames.
+        build_session: makes an unstarted session for a portrait; default: the real pipeline.
+        build_peer: makes the WebRTC peer for a session; default: :class:`server.webrtc.AvatarPeer`.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        portraits: PortraitStore,
+        *,
+        render_executor: Executor,
+        prepare_executor: Executor | None = None,
+        build_session: SessionBuilder | None = None,
+        build_peer: PeerBuilder | None = None,
+    ) -> None:
+        self.config = config
+        self.portraits = portraits
+        self._executor = render_executor
+        self._prepare_executor = prepare_executor or render_executor
+        self._build_session = build_session or self._real_session
+        self._build_peer = build_peer or self._real_peer
+        self._sessions: dict[str, ManagedSession] = {}
+        self._slots_used = 0  # live sessions + those being built or being closed
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._shutting_down = False
+
+    @property
+    def count(self) -> int:
+        """Sessions that hold a slot (live, starting or still releasing)."""
+        return self._slots_used
+
+    def get(self, session_id: str) -> ManagedSession:
+        """The live session with this id.
+
+        Raises:
+            UnknownSessionError: none has it (ended, or never existed).
+        """
+        managed = self._sessions.get(session_id)
+        if managed is None or managed._closing is not None:
+            raise UnknownSessionError(session_id)
+        return managed
+
+    def sessions(self) -> list[ManagedSession]:
+        """The live sessions, oldest first."""
+        return [m for m in self._sessions.values() if m._closing is None]
+
+    async def create_session(self, portrait_id: str | None = None) -> ManagedSession:
+        """Start a session without a viewer.
+
+        Raises:
+            TooManySessionsError: every slot is taken.
+            UnknownPortraitError: no portrait has that id.
+            PortraitError: the portrait cannot be animated.
+        """
+        return await self._create(portrait_id, None)
+
+    async def create_call(
+        self, sdp: str, sdp_type: str, portrait_id: str | None = None
+    ) -> tuple[ManagedSession, str, str]:
+        """Start a session for a WebRTC offer; returns it with the answer's SDP and type.
+
+        Raises:
+            TooManySessionsError, UnknownPortraitError, PortraitError: as :meth:`create_session`.
+            SignalingError: the offer is malformed (an :class:`~model.errors.InputError`).
+        """
+        answer: list[Any] = []
+        managed = await self._create(portrait_id, (sdp, sdp_type, answer))
+        return managed, answer[0].sdp, answer[0].type
+
+    async def _create(self, portrait_id: str | None, offer: tuple[str, str, list[Any]] | None) -> ManagedSession:
+        if self._shutting_down or self._slots_used >= self.config.max_sessions:
+            raise TooManySessionsError(self.config.max_sessions, self.config.retry_after_s)
+        portrait = self.portraits.get(portrait_id)
+        self._slots_used += 1
+        session: AvatarSession | None = None
+        managed: ManagedSession | None = None
+        try:
+            session = await self._build_session(portrait)
+            managed = ManagedSession(id=secrets.token_urlsafe(16), portrait_id=portrait.id, session=session)
+            self._sessions[managed.id] = managed
+            session.add_listener(managed._dispatch)
+            await session.start()
+            if offer is None:
+                managed._sinks = [asyncio.create_task(_drain(session.next_video), name=f"video-sink-{managed.id}"),
+                                  asyncio.create_task(_drain(session.next_audio), name=f"audio-sink-{managed.id}")]
+            else:
+                sdp, sdp_type, answer = offer
+                session_id = managed.id
+                managed.peer = self._build_peer(session, lambda: self._peer_closed(session_id))
+                answer.append(await managed.peer.answer(sdp, sdp_type))
+            if self._shutting_down:  # shutdown began while this one was starting
+                raise TooManySessionsError(self.config.max_sessions, self.config.retry_after_s)
+        except BaseException:
+            if managed is not None:
+                await self.close_session(managed.id)
+            else:
+                if session is not None:
+                    await session.aclose()
+                self._slots_used -= 1
+            raise
+        log.info("session %s started (portrait %s, %s)", managed.id, portrait.id,
+                 "WebRTC" if managed.peer else "no viewer")
+        return managed
+
+    def _peer_closed(self, session_id: str) -> None:
+        """The peer's ``on_closed``: the client hung up or vanished. Called on the event loop."""
+        managed = self._sessions.get(session_id)
+        if managed is None or managed._closing is not None:
+            return
+        log.info("session %s: the WebRTC connection ended", session_id)
+        task = asyncio.get_running_loop().create_task(self._close_quietly(session_id), name=f"close-{session_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _close_quietly(self, session_id: str) -> None:
+        with contextlib.suppress(UnknownSessionError):  # released meanwhile by another path
+            await self.close_session(session_id)
+
+    async def close_session(self, session_id: str) -> None:
+        """Release a session: peer, session, speech tasks; then its slot. Idempotent.
+
+        Raises:
+            UnknownSessionError: no session ever had that id (or it is long gone).
+        """
+        managed = self._sessions.get(session_id)
+        if managed is None:
+            raise UnknownSessionError(session_id)
+        if managed._closing is None:
+            managed._closing = asyncio.get_running_loop().create_task(
+                self._release(managed), name=f"release-{session_id}"
+            )
+        # shield: a client that gives up on its DELETE must not leave a session half released.
+        await asyncio.shield(managed._closing)
+
+    async def _release(self, managed: ManagedSession) -> None:
+        try:
+            await managed._cancel_speech()
+            if managed.peer is not None:
+                await managed.peer.close()
+            for sink in managed._sinks:
+                sink.cancel()
+            await asyncio.gather(*managed._sinks, return_exceptions=True)
+            await managed.session.aclose()
+        finally:
+            self._sessions.pop(managed.id, None)
+            self._slots_used -= 1
+            managed._listeners.clear()
+            managed.closed.set()
+            log.info("session %s closed after %.1f s", managed.id, time.monotonic() - managed.created_at)
+
+    async def aclose(self) -> None:
+        """Server shutdown: refuse new sessions and close every one (and their pending close tasks)."""
+        self._shutting_down = True
+        ids = list(self._sessions)
+        results = await asyncio.gather(*(self.close_session(i) for i in ids), return_exceptions=True)
+        for session_id, result in zip(ids, results, strict=True):
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                log.error("session %s did not close cleanly: %r", session_id, result)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _real_session(self, portrait: PortraitInfo) -> AvatarSession:
+        def prepare() -> tuple[Any, Any, SpeechGate]:
+            # The analysis is cached per image content, so this is ~0.1 s after a portrait's first use;
+            # loading the speech gate's model is the other slow part. Neither belongs on the event loop.
+            framed, renderer = prepare_portrait(portrait.path, size=self.config.size, face_index=0)
+            return framed, renderer, SpeechGate()
+
+        framed, renderer, gate = await asyncio.get_running_loop().run_in_executor(self._prepare_executor, prepare)
+        return AvatarSession(renderer, BaselineGenerator(), framed.rest, config=SessionConfig(fps=self.config.fps),
+                             executor=self._executor, speech_gate=gate)
+
+    def _real_peer(self, session: AvatarSession, on_closed: Callable[[], None]) -> AvatarPeer:
+        from server.ice import IcePolicy
+        from server.webrtc import AvatarPeer
+
+        return AvatarPeer(session, policy=IcePolicy(allowed_addresses=self.config.ice_addresses), on_closed=on_closed)
+
+
+def session_summary(managed: ManagedSession) -> dict[str, Any]:
+    """JSON-ready facts about a session, for ``GET /sessions/{id}/stats``."""
+    return {
+        "session_id": managed.id,
+        "portrait_id": managed.portrait_id,
+        "age_s": round(time.monotonic() - managed.created_at, 3),
+        "viewer": managed.peer is not None,
+        "agent_connected": managed.agent_connected,
+    }
+
+
+async def _drain(pull: Callable[[], Awaitable[object]]) -> None:
+    """Stand in for a viewer: pull and drop a track's output, so the media clock runs and events fire."""
+    with contextlib.suppress(SessionClosed):
+        while True:
+            await pull()
