@@ -86,7 +86,7 @@ class SessionConfig:
     window_frames: int = 1
     margin_ms: float = 30.0
     max_video_s: float = 0.5
-    catch_up_frames: int = 3
+    catch_up_frames: int = 1
     max_speech_s: float = 20.0
     max_mic_ms: float = 100.0
     startup_delay_ms: float = 80.0
@@ -173,6 +173,7 @@ class AvatarSession:
                                        sample_rate=MODEL_RATE)
         self._down = StreamResampler(RATE, MODEL_RATE)
         rest_image = np.array(renderer.render(neutral_pose(1)[0], np.asarray(rest, np.float32)), copy=True)
+        self._warm_up()
         self.playout = Playout(fps=cfg.fps, clock=self.clock, initial_image=rest_image, sample_rate=RATE,
                                max_frames=max(2, round(cfg.max_video_s * cfg.fps)),
                                catch_up_frames=cfg.catch_up_frames, startup_delay_s=cfg.startup_delay_ms / 1000,
@@ -198,6 +199,17 @@ class AvatarSession:
         self._steps = 0
         self._task: asyncio.Task[None] | None = None
         self.closed = False
+
+    def _warm_up(self) -> None:
+        """Run the generator once on silence (results discarded: its state is immutable), so the
+        first live window does not pay for loading compiled kernels and miss its deadline."""
+        warm = AudioWindower(fps=self.config.fps, window_frames=1, context_ms=self.generator.context_ms,
+                             lookahead_ms=self.generator.lookahead_ms, sample_rate=MODEL_RATE)
+        for window in warm.push(np.zeros(MODEL_RATE // 5, np.float32))[:1]:
+            self.generator.generate(window, self._state)
+        if self._gate is not None:  # TorchScript optimises its first calls: slow ones
+            self._gate.process(np.zeros(MODEL_RATE // 4, np.float32))
+            self._gate.reset()
 
     @property
     def size(self) -> tuple[int, int]:
