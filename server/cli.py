@@ -158,21 +158,25 @@ def _serve(args: argparse.Namespace) -> None:
     if args.ice_address:
         options["ice_addresses"] = tuple(args.ice_address)
     config = ServerConfig(**options)  # type: ignore[arg-type]
-    # Analyse the default portrait and load the speech gate's model now: a bad --portrait fails here
-    # with its message, and the first caller does not wait for either.
-    print("emote: preparing the portrait and models ...", file=sys.stderr, flush=True)
-    prepare_portrait(config.portrait or default_portrait_path(), size=config.size, face_index=0)
-    load_vad_model()
-    try:
+    try:  # the port first: a busy one fails at once
         family, kind, proto, _, address = socket.getaddrinfo(
             config.host, config.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
-        sock.listen(128)  # connections wait in the backlog until the server accepts them
     except OSError as exc:
         raise InputError(f"cannot listen on {config.host}:{config.port} ({exc.strerror or exc}); "
                          "choose another --port or --host") from None
+    try:
+        # Analyse the default portrait and load the speech gate's model now: a bad --portrait fails
+        # here with its message, and the first caller does not wait for either.
+        print("emote: preparing the portrait and models ...", file=sys.stderr, flush=True)
+        prepare_portrait(config.portrait or default_portrait_path(), size=config.size, face_index=0)
+        load_vad_model()
+        sock.listen(128)  # from here, connections wait in the backlog until the server accepts them
+    except BaseException:
+        sock.close()
+        raise
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     logging.basicConfig(level=logging.WARNING, format="emote: %(levelname)s: %(name)s: %(message)s")
