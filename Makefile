@@ -21,7 +21,9 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-run: demo
+# The live server with the bundled portrait; it prints the address to open (Ctrl-C stops it).
+run: $(STAMP)
+	$(VENV)/bin/emote serve
 
 demo: $(STAMP)
 	$(VENV)/bin/emote demo -o out/demo.mp4
