@@ -79,10 +79,13 @@ class _Connection:
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._lost: CdpError | None = None  # set when the socket died: later commands fail at once
         self._reader = asyncio.create_task(self._read())
 
     async def send(self, method: str, params: dict[str, Any] | None = None, *, session_id: str | None = None,
                    timeout_s: float = 30.0) -> dict[str, Any]:
+        if self._lost is not None:
+            raise self._lost
         message_id = next(self._ids)
         message: dict[str, Any] = {"id": message_id, "method": method, "params": params or {}}
         if session_id is not None:
@@ -104,7 +107,7 @@ class _Connection:
         return lambda: self._listeners.remove(fn)
 
     async def _read(self) -> None:
-        error: BaseException = CdpError("the browser closed the DevTools connection")
+        error = CdpError("the browser closed the DevTools connection")
         try:
             async for raw in self._socket:
                 message = json.loads(raw)
@@ -117,6 +120,7 @@ class _Connection:
                         fn(message)
         except Exception as exc:  # the socket died: every waiting command learns why
             error = CdpError(f"DevTools connection lost: {exc!r}")
+        self._lost = error
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(error)
