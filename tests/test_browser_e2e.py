@@ -199,6 +199,8 @@ async def test_call_with_microphone_then_text(tmp_path: Path) -> None:
         await click(page, "call-mic")
         await wait_playing(page)
         timings["mic call to playing video"] = time.perf_counter() - t
+        timings["of which POST /offer"] = await page.evaluate(
+            "performance.getEntriesByType('resource').filter(e => e.name.endsWith('/offer'))[0].duration / 1000")
         spoken_by_mic = await mouth_motion(page, 4.0, box)
         save_screenshot(await page.screenshot(), "browser_mic_call.png", tmp_path)
         mic_stats = await page.evaluate("window.emote.stats")
