@@ -14,19 +14,30 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
 from aiortc import RTCPeerConnection
+from aiortc.mediastreams import MediaStreamError
 
 from model.baseline import BaselineGenerator
 from model.errors import SignalingError
 from model.motion import COEFF_INDEX, N_COEFFS
 from model.mouth_dynamics import MOUTH_CHANNELS
 from server.ice import IceGuard, IcePolicy, rtc_configuration
+from server.tracks import AvatarAudioTrack, AvatarVideoTrack
 from server.webrtc import AvatarPeer
-from streaming.session import AvatarSession, PlaybackFinished, SessionConfig, SessionEvent
+from streaming.session import (
+    AudioOut,
+    AvatarSession,
+    PlaybackFinished,
+    SessionClosed,
+    SessionConfig,
+    SessionEvent,
+    VideoOut,
+)  # fmt: skip
 from streaming.speech_gate import SpeechGate, load_vad_model
 from tests._fixtures import run_generator
 from tests._rtc_client import RtcClient
@@ -152,6 +163,7 @@ async def avatar_call(
     renderer: object | None = None,
     rest: np.ndarray | None = None,
     speech_gate: SpeechGate | bool = False,
+    send_audio: bool = True,
     **peer_options: float,
 ) -> AsyncIterator[Call]:
     """A started session, its peer and a connected client; afterwards everything closed and no task left."""
@@ -163,7 +175,7 @@ async def avatar_call(
     server = Recorder()
     session.add_listener(server.on_event)
     peer = AvatarPeer(session, policy=IcePolicy(), on_closed=server.on_closed, **peer_options)
-    call = Call(session, peer, RtcClient(max_video_frames=1000), server)
+    call = Call(session, peer, RtcClient(max_video_frames=1000, send_audio=send_audio), server)
     try:
         await call.client.connect(await answer_with(peer), timeout_s=5)
         yield call
@@ -181,6 +193,44 @@ async def avatar_call(
 def window(call: Call, start_s: float, end_s: float) -> list[np.ndarray]:
     """Decoded frames that arrived between two time.monotonic() instants."""
     return [f.image for f in call.client.video if start_s <= f.arrival_s < end_s]
+
+
+class ScriptedSource:
+    """A session stand-in for the tracks: two outputs, then closed."""
+
+    def __init__(self) -> None:
+        self.video = [VideoOut(7, np.full((16, 32, 3), 200, np.uint8), False),
+                      VideoOut(9, np.zeros((16, 32, 3), np.uint8), True)]  # fmt: skip
+        self.audio = [AudioOut(5, np.arange(960, dtype=np.int16))]
+
+    async def next_video(self) -> VideoOut:
+        if not self.video:
+            raise SessionClosed("closed")
+        return self.video.pop(0)
+
+    async def next_audio(self) -> AudioOut:
+        if not self.audio:
+            raise SessionClosed("closed")
+        return self.audio.pop(0)
+
+
+@pytest.mark.asyncio
+async def test_tracks_stamp_the_session_timeline_and_end_with_the_session() -> None:
+    source = ScriptedSource()
+    video, audio = AvatarVideoTrack(source, fps=25.0), AvatarAudioTrack(source)
+    first, second = await video.recv(), await video.recv()
+    assert (first.width, first.height, first.format.name) == (32, 16, "rgb24")
+    assert first.to_ndarray(format="rgb24")[0, 0].tolist() == [200, 200, 200]
+    assert (first.pts, second.pts, first.time_base) == (7 * 3600, 9 * 3600, Fraction(1, 90000))
+    assert (video.frames_sent, video.late_frames) == (2, 1)
+    chunk = await audio.recv()
+    assert (chunk.samples, chunk.sample_rate, chunk.format.name, chunk.layout.name) == (960, 48000, "s16", "mono")
+    assert (chunk.pts, chunk.time_base) == (5 * 960, Fraction(1, 48000))
+    assert (chunk.to_ndarray()[0] == np.arange(960)).all()
+    for track in (video, audio):
+        with pytest.raises(MediaStreamError):
+            await track.recv()
+        assert track.readyState == "ended"
 
 
 @pytest.mark.asyncio
@@ -223,29 +273,31 @@ async def test_answer_refuses_what_is_not_an_offer() -> None:
 
 @pytest.mark.asyncio
 async def test_call_delivers_ordered_frames_at_25_fps_and_holds_still_in_silence() -> None:
-    async with avatar_call() as call:
+    # No microphone: with one the session adds frames of its own (see test_callers_voice_...).
+    async with avatar_call(send_audio=False) as call:
         client = call.client
         assert client.connected_s is not None and client.connected_s < 2.0
         await client.wait_video(60, timeout_s=5)
         assert client.first_video_s is not None and client.first_video_s < 2.0
-        frames = list(client.video)
-        assert client.images().shape == (len(frames), HEIGHT, WIDTH, 3)
-        indices = [read_index(f.image) for f in frames]
-        assert indices == sorted(indices), "frames out of order"
-        assert np.diff(indices).max() <= 2, "frames were skipped"
-        # One frame per 40 ms, stamped on the 90 kHz clock by the session's frame index.
-        steady = frames[10:]
-        assert {b.pts - a.pts for a, b in zip(steady, steady[1:], strict=False)} == {3600}
-        fps = (len(steady) - 1) / (steady[-1].arrival_s - steady[0].arrival_s)
-        assert 22 < fps < 28, fps
-        lips = np.array([read_lips(f.image) for f in steady])
+        frames = list(client.video)[10:]
+        assert client.images().shape[1:] == (HEIGHT, WIDTH, 3)
+        steps = np.diff([read_index(f.image) for f in frames])
+        assert steps.min() >= 0, "frames out of order"
+        # Every rendered frame is shown once, one per 40 ms on the 90 kHz clock. A loaded machine may
+        # repeat a late frame (step 0) or skip one to catch up, never often.
+        assert np.mean(steps == 1) >= 0.9, np.unique(steps, return_counts=True)
+        pts_steps = np.diff([f.pts for f in frames])
+        assert (pts_steps % 3600 == 0).all() and np.mean(pts_steps == 3600) >= 0.9, pts_steps
+        fps = (len(frames) - 1) / (frames[-1].arrival_s - frames[0].arrival_s)
+        assert 20 < fps < 30, fps
+        lips = np.array([read_lips(f.image) for f in frames])
         assert np.ptp(lips, axis=0).max() < 0.02, "the lips moved in silence"
         assert len(client.audio) > 50 and not client.received_audio().any(), "the avatar should be silent"
-        assert {line.split()[4] for line in client.answer_sdp.splitlines() if "a=candidate:" in line} == {
-            "127.0.0.1"
-        }
+        addresses = {line.split()[4] for line in client.answer_sdp.splitlines() if line.startswith("a=candidate:")}
+        assert addresses == {"127.0.0.1"}
+        stats = call.session.stats()
         print(f"\nsetup {client.connected_s * 1000:.0f} ms, first frame {client.first_video_s * 1000:.0f} ms, "
-              f"{fps:.1f} fps over {len(steady)} frames, late {call.session.stats().late_frames}")  # fmt: skip
+              f"{fps:.1f} fps over {len(frames)} frames, {stats.late_frames} late, {stats.dropped_frames} dropped")
 
 
 @pytest.mark.asyncio
@@ -253,12 +305,12 @@ async def test_callers_voice_moves_the_lips_and_silence_stills_them(vad_model: o
     samples, rate = speech("Hello there, how are you?")
     async with avatar_call(speech_gate=SpeechGate(model=vad_model)) as call:
         client = call.client
-        await asyncio.sleep(0.7)
+        await asyncio.sleep(1.0)
         client.microphone.play(samples, rate)
         await asyncio.sleep(len(samples) / rate + 1.4)
         (start_s, end_s), = client.microphone.spans
         assert call.peer.microphone_frames > 100
-        before = np.array([read_lips(im) for im in window(call, start_s - 0.6, start_s)])
+        before = np.array([read_lips(im) for im in window(call, start_s - 0.5, start_s)])
         during = np.array([read_lips(im) for im in window(call, start_s + 0.4, end_s)])
         after = np.array([read_lips(im) for im in window(call, end_s + 1.0, end_s + 1.4)])
         assert len(before) > 10 and len(during) > 20 and len(after) > 8
@@ -266,6 +318,9 @@ async def test_callers_voice_moves_the_lips_and_silence_stills_them(vad_model: o
         assert np.ptp(during[:, JAW]) > 0.15, "the lips did not follow the caller's voice"
         assert np.ptp(after, axis=0).max() < 0.02, "the lips kept moving after the caller stopped"
         assert not client.received_audio().any(), "the caller's voice must not be echoed back"
+        stats = call.session.stats()
+        print(f"\nmicrophone call: {stats.frames} frames, {stats.dropped_frames} dropped, {stats.late_frames} late, "
+              f"latency p50 {stats.latency_ms_p50:.0f} ms p95 {stats.latency_ms_p95:.0f} ms")
 
 
 @pytest.mark.asyncio
@@ -342,5 +397,5 @@ async def test_real_renderer_streams_the_bundled_portrait() -> None:
         talking = mouth_motion([f.image for f in steady if f.arrival_s > quiet_until + 0.4])
         print(f"\n512x512: {fps:.1f} fps, {stats.late_frames}/{stats.frames} late, mouth motion quiet {quiet:.2f} "
               f"vs talking {talking:.2f}, latency p50 {stats.latency_ms_p50} ms")  # fmt: skip
-        assert 22 < fps < 28
+        assert 20 < fps < 30
         assert talking > 3 * quiet
