@@ -141,14 +141,7 @@ def _serve(args: argparse.Namespace) -> None:
     import signal
     import socket
 
-    import uvicorn
-
-    from model.assets import default_portrait_path
-    from server.agent_ws import MAX_AUDIO_MESSAGE_BYTES
-    from server.app import create_app
     from server.config import ServerConfig
-    from streaming.offline import prepare_portrait
-    from streaming.speech_gate import load_vad_model
 
     options: dict[str, object] = {"host": args.host, "port": args.port, "max_sessions": args.max_sessions}
     if args.portrait:
@@ -168,6 +161,14 @@ def _serve(args: argparse.Namespace) -> None:
         raise InputError(f"cannot listen on {config.host}:{config.port} ({exc.strerror or exc}); "
                          "choose another --port or --host") from None
     try:
+        import uvicorn
+
+        from model.assets import default_portrait_path
+        from server.agent_ws import MAX_AUDIO_MESSAGE_BYTES
+        from server.app import create_app
+        from streaming.offline import prepare_portrait
+        from streaming.speech_gate import load_vad_model
+
         # Analyse the default portrait and load the speech gate's model now: a bad --portrait fails
         # here with its message, and the first caller does not wait for either.
         print("emote: preparing the portrait and models ...", file=sys.stderr, flush=True)

@@ -160,7 +160,3 @@ async def test_a_portrait_without_a_face_or_a_busy_port_is_a_one_line_error(tmp_
         process, log = await run_cli(tmp_path, "--port", port)
         assert await asyncio.wait_for(process.wait(), STARTUP_TIMEOUT_S) == 2
     assert f"cannot listen on 127.0.0.1:{port}" in log.read_text()
-
-    process, log = await run_cli(tmp_path, "--max-sessions", "0")
-    assert await asyncio.wait_for(process.wait(), STARTUP_TIMEOUT_S) == 2
-    assert "max_sessions" in log.read_text()

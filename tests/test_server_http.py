@@ -26,7 +26,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from model.assets import default_portrait_path
-from model.errors import SignalingError
+from model.errors import OptionError, SignalingError
 from server import tts
 from server.app import create_app
 from server.config import ServerConfig
@@ -244,6 +244,20 @@ def _refs(node: Any) -> list[str]:
     if isinstance(node, list):
         return [r for v in node for r in _refs(v)]
     return []
+
+
+@pytest.mark.parametrize(("options", "field"), [
+    ({"max_sessions": 0}, "max_sessions"),
+    ({"port": 70000}, "port"),
+    ({"max_upload_bytes": True}, "max_upload_bytes"),
+    ({"fps": 0}, "fps"),
+    ({"ice_addresses": "127.0.0.1"}, "ice_addresses"),
+    ({"ice_addresses": ("localhost",)}, "ice_addresses"),
+    ({"host": ""}, "host"),
+])
+def test_config_refuses_nonsense_naming_the_field(options: dict[str, Any], field: str) -> None:
+    with pytest.raises(OptionError, match=field):
+        ServerConfig(**options)
 
 
 # -- offers and session lifetimes -------------------------------------------------------------------
