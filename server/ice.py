@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from aioice import Candidate, Connection
+from aioice import Candidate, Connection, stun
+from aioice.ice import StunProtocol
 from aiortc import RTCConfiguration, RTCPeerConnection
 
 from model.errors import OptionError
@@ -176,7 +177,7 @@ class IceGuard:
                 logger.warning("no ICE candidate could be bound on %s", ", ".join(self.policy.allowed_addresses))
             return candidates
 
-        def request_received(message: Any, addr: tuple[str, int], protocol: Any) -> None:
+        def request_received(message: stun.Message, addr: tuple[str, int], protocol: StunProtocol) -> None:
             if not self.policy.allows_remote(addr[0]):
                 self.dropped_checks += 1
                 if self.dropped_checks == 1:

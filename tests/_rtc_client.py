@@ -31,7 +31,8 @@ SAMPLE_RATE = 48000
 CHUNK_SAMPLES = 960  # 20 ms, Opus's usual packet
 _TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 
-AnswerFn = Callable[[str, str], "Awaitable[tuple[str, str]] | tuple[str, str]"]
+#: Signalling: takes the offer (sdp, type), returns the answer (sdp, type), directly or awaitably.
+AnswerFn = Callable[[str, str], Awaitable[tuple[str, str]] | tuple[str, str]]
 
 
 class PcmSource(MediaStreamTrack):
@@ -135,7 +136,9 @@ class RtcClient:
             timings in :attr:`video_count` cover all of them.
     """
 
-    def __init__(self, *, policy: IcePolicy | None = None, send_audio: bool = True, max_video_frames: int = 500):
+    def __init__(
+        self, *, policy: IcePolicy | None = None, send_audio: bool = True, max_video_frames: int = 500
+    ) -> None:
         self.policy = policy or IcePolicy()
         self.pc = RTCPeerConnection(rtc_configuration())
         self.guard = IceGuard(self.policy)

@@ -40,7 +40,7 @@ from streaming.session import (
 )  # fmt: skip
 from streaming.speech_gate import SpeechGate, load_vad_model
 from tests._fixtures import run_generator
-from tests._rtc_client import RtcClient
+from tests._rtc_client import AnswerFn, RtcClient
 
 LIPS = [COEFF_INDEX[name] for name in (*MOUTH_CHANNELS, "mouthLowerDownLeft", "mouthLowerDownRight")]
 JAW = LIPS.index(COEFF_INDEX["jawOpen"])
@@ -149,7 +149,9 @@ class Call:
     server: Recorder
 
 
-async def answer_with(peer: AvatarPeer) -> Callable[[str, str], object]:
+def answer_with(peer: AvatarPeer) -> AnswerFn:
+    """Signalling straight into the peer (the HTTP layer does the same over POST /offer)."""
+
     async def answer(sdp: str, kind: str) -> tuple[str, str]:
         description = await peer.answer(sdp, kind)
         return description.sdp, description.type
@@ -177,7 +179,7 @@ async def avatar_call(
     peer = AvatarPeer(session, policy=IcePolicy(), on_closed=server.on_closed, **peer_options)
     call = Call(session, peer, RtcClient(max_video_frames=1000, send_audio=send_audio), server)
     try:
-        await call.client.connect(await answer_with(peer), timeout_s=5)
+        await call.client.connect(answer_with(peer), timeout_s=5)
         yield call
     finally:
         await call.client.close()
