@@ -128,17 +128,16 @@ class ManagedSession:
             raise
         self._speech_tasks.add(task)
         task.add_done_callback(self._speech_tasks.discard)
+        # Released when the task ends however it ends, even cancelled before its first step (when
+        # its own ``finally`` would never run).
+        task.add_done_callback(lambda _: self._say_lock.release())
         return segment_id
 
     async def _push_rest(self, samples: np.ndarray, sample_rate: int, piece: int) -> None:
-        try:
+        with contextlib.suppress(SessionClosed):
             for start in range(0, len(samples), piece):
                 await self.session.push_speech(samples[start : start + piece], sample_rate)
             self.session.end_of_speech()
-        except SessionClosed:
-            pass
-        finally:
-            self._say_lock.release()
 
     async def clear(self) -> None:
         """Interrupt: stop pushing text speech, then drop everything queued (the core's ``clear``)."""

@@ -504,6 +504,17 @@ async def test_clear_stops_a_long_text_and_the_next_one_plays(app_client: Any) -
                                                                         abs=1e-3), False)
 
 
+@pytest.mark.asyncio
+async def test_a_clear_right_after_a_say_does_not_block_the_next_one(app_client: Any) -> None:
+    app, client, fakes = app_client
+    session_id = (await client.post("/offer", json=OFFER)).json()["session_id"]
+    managed = app.state.emote.manager.get(session_id)
+    first = await managed.say(np.zeros(3 * 22050, np.float32), 22050)  # the rest is pushed by a task...
+    await managed.clear()  # ...cancelled before it ever ran
+    second = await asyncio.wait_for(managed.say(np.zeros(100, np.float32), 22050), 1.0)
+    assert second != first and fakes.sessions[0].calls == ["push", "clear", "push", "end"]
+
+
 @needs_tts
 @pytest.mark.asyncio
 @pytest.mark.parametrize(("body", "status", "words"), [
