@@ -10,6 +10,7 @@ import asyncio
 import socket
 import time
 
+import aioice.ice
 import pytest
 from aioice import Candidate, stun
 from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
@@ -71,7 +72,18 @@ def test_configuration_names_no_stun_server() -> None:
 
 
 @pytest.mark.asyncio
-async def test_gathering_yields_exactly_the_allowed_addresses() -> None:
+async def test_gathering_yields_exactly_the_allowed_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pretend this machine has a LAN interface (127.0.0.2 stands in for it: bindable, yet not loopback's
+    # 127.0.0.1), which aioice enumerates while skipping 127.0.0.1.
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.2"])
+    pc = RTCPeerConnection(rtc_configuration())
+    try:
+        pc.addTransceiver("video", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        assert candidate_addresses(pc.localDescription.sdp) == ["127.0.0.2"], "unguarded: the 'LAN' address only"
+    finally:
+        await pc.close()
+
     for allowed in (("127.0.0.1",), ("127.0.0.1", "127.0.0.2")):
         pc = RTCPeerConnection(rtc_configuration())
         try:
