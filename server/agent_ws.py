@@ -85,9 +85,9 @@ async def agent_audio_endpoint(websocket: WebSocket) -> None:
         await _refuse(websocket, 409, CLOSE_CONFLICT,
                       f"session {managed.id!r} already has an agent connected; one agent at a time")
         return
-    await websocket.accept()
-    managed.agent_connected = True
+    managed.agent_connected = True  # before the first await: two handshakes at once cannot both pass
     try:
+        await websocket.accept()
         await _AgentConnection(websocket, managed).run()
     finally:
         managed.agent_connected = False
