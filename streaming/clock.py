@@ -86,6 +86,7 @@ class VirtualClock:
         if seconds < 0:
             raise ValueError(f"advance(seconds={seconds}): time cannot go backwards")
         target = self._now + seconds
+        await self._settle(0.0)  # tasks started just before this call go to sleep at the current time first
         while (deadline := self.next_deadline) is not None and deadline <= target:
             self._now = max(self._now, deadline)
             while self._sleepers and self._sleepers[0][0] <= self._now:
