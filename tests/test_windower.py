@@ -165,3 +165,68 @@ def test_last_window_is_final_even_without_lookahead() -> None:
     windows = windower.push(ramp(SR)) + windower.finish()  # exactly 25 frames
     assert sum(w.n_frames for w in windows) == 25
     assert windows[-1].final
+
+
+@pytest.mark.parametrize("fps", FPS_VALUES)
+@pytest.mark.parametrize("sizes", [20_011, [320, 17, 4000]])
+@pytest.mark.parametrize("context_ms", [20.0, 0.0])
+def test_silence_pending_zeroes_the_audio_from_the_next_frame_on(
+    fps: float, sizes: int | list[int], context_ms: float
+) -> None:
+    # An interruption: speech already pushed as lookahead for frames not yet released must not reach them.
+    n1, n2 = 20_011, 9_000
+    windower = AudioWindower(fps=fps, window_frames=5, context_ms=context_ms, lookahead_ms=85.0)
+    source = ramp(n1 + n2)
+    before = [w for piece in chunked(source[:n1], sizes) for w in windower.push(piece)]
+    first_pending = windower.next_frame
+    cut = frame_start_sample(first_pending, fps, SR)  # the first sample of the first frame not yet released
+    assert before and 0 < cut < n1  # some windows released, and audio is pending beyond them
+    released = [w.samples.copy() for w in before]
+
+    windower.silence_pending()
+    after = [w for piece in chunked(source[n1:], sizes) for w in windower.push(piece)] + windower.finish()
+
+    for w, samples in zip(before, released, strict=True):  # what was released is not touched
+        np.testing.assert_array_equal(w.samples, samples)
+    assert after[0].start_frame == first_pending
+    context = math.ceil(context_ms * SR / 1000)
+    assert after[0].first_sample == cut - context
+    for w in after:
+        pos = w.first_sample + np.arange(len(w.samples))
+        # Context before the cut: the original audio. From the cut to the end of what was pushed: exact zeros.
+        # Audio pushed after silence_pending(): itself again. Outside the stream: zeros.
+        kept = (pos >= 0) & ((pos < cut) | ((pos >= n1) & (pos < n1 + n2)))
+        expected = np.where(kept, pos + 1, 0).astype(np.float32)
+        np.testing.assert_array_equal(w.samples, expected)
+    covered = np.concatenate([w.first_sample + np.arange(len(w.samples)) for w in after])
+    assert np.any((covered >= cut) & (covered < n1)), "the silenced stretch is in the windows that follow"
+    if context:
+        assert np.any((covered >= cut - context) & (covered < cut)), "and so is the context kept before it"
+
+
+def test_silence_pending_with_nothing_pending_changes_nothing() -> None:
+    def windows(silence_first: bool) -> list[AudioWindow]:
+        windower = AudioWindower(fps=25.0, window_frames=5, context_ms=20.0, lookahead_ms=85.0)
+        if silence_first:
+            windower.silence_pending()  # an interruption before any audio: nothing to silence
+        out = windower.push(ramp(8_000))
+        return out + windower.push(ramp(10_000)[8_000:]) + windower.finish()
+
+    plain, silenced = windows(False), windows(True)
+    assert len(plain) == len(silenced)
+    for a, b in zip(plain, silenced, strict=True):
+        assert (a.start_frame, a.n_frames, a.first_sample) == (b.start_frame, b.n_frames, b.first_sample)
+        np.testing.assert_array_equal(a.samples, b.samples)
+
+
+def test_silence_pending_twice_and_right_after_a_release() -> None:
+    windower = AudioWindower(fps=25.0, window_frames=5, context_ms=20.0, lookahead_ms=85.0)
+    # 5 frames = 3200 samples, + 1360 lookahead: pushing 4560 releases exactly one window.
+    (first,) = windower.push(ramp(4_560))
+    assert first.n_frames == 5 and windower.next_frame == 5
+    windower.silence_pending()
+    windower.silence_pending()  # a second interruption is harmless
+    rest = windower.finish()
+    pos = rest[0].first_sample + np.arange(len(rest[0].samples))
+    np.testing.assert_array_equal(rest[0].samples, np.where((pos >= 0) & (pos < 3_200), pos + 1, 0))
+    assert sum(w.n_frames for w in [first, *rest]) == round(4_560 * 25 / SR)
