@@ -50,6 +50,9 @@ class TickInfo:
         segment: the speech segment id, for ``"speech"`` ticks.
         position_s: seconds of the segment played once this tick has played.
         arrival: clock time at which the tick's audio arrived (idle: was made).
+        live: the pipeline was waiting for this audio when it arrived (live microphone audio,
+            or speech streamed no faster than it plays); only live ticks measure latency, since
+            speech pushed ahead of time waits its turn by design.
     """
 
     seq: int
@@ -57,6 +60,7 @@ class TickInfo:
     segment: int | None
     position_s: float
     arrival: float
+    live: bool = True
 
 
 @dataclass(frozen=True)
@@ -81,8 +85,8 @@ class FrameEntry:
 
     @property
     def arrival(self) -> float | None:
-        """When the earliest speech or microphone audio of this frame arrived."""
-        times = [t.arrival for t in self.ticks if t.source != "idle"]
+        """When the earliest live speech or microphone audio of this frame arrived."""
+        times = [t.arrival for t in self.ticks if t.source != "idle" and t.live]
         return min(times) if times else None
 
 

@@ -191,6 +191,7 @@ class AvatarSession:
         self._seq = 0
         self._frames_made = 0
         self._zero_pending = False
+        self._waiting = False  # the producer found no audio and waited for some
         self._input = asyncio.Event()
         self._drained = asyncio.Event()
         self._listeners: list[Callable[[SessionEvent], None]] = []
@@ -362,6 +363,7 @@ class AvatarSession:
                 assert due is not None  # the clock has started
                 deadline = due - self.config.margin_ms / 1000.0
                 if self.clock.now() < deadline:
+                    self._waiting = True
                     await self._wait_input(deadline)
                     continue
                 tick = self._take_tick(force=True)
@@ -409,7 +411,8 @@ class AvatarSession:
                 self._drained.set()
                 self._discard_mic(TICK)
                 self._seq += 1
-                return audio, TickInfo(seq, "speech", seg.id, seg.taken / RATE, arrival)
+                live, self._waiting = self._waiting, False
+                return audio, TickInfo(seq, "speech", seg.id, seg.taken / RATE, arrival, live)
             return None  # the rest of this tick's speech is on its way: wait for it (or the deadline)
         if self._mic_samples >= TICK:
             arrival = self._mic[0][1]
@@ -418,6 +421,7 @@ class AvatarSession:
             return audio, TickInfo(seq, "mic", None, 0.0, arrival)
         if force:
             self._seq += 1
+            self._waiting = False
             return np.zeros(TICK, np.float32), TickInfo(seq, "idle", None, 0.0, now)
         return None
 

@@ -1,10 +1,13 @@
 """What a live session reports about itself: counters and latency percentiles.
 
 The latency of a frame is the time from the arrival of the audio it shows
-(speech or microphone; idle frames have none) to the moment the frame starts
-playing, i.e. leaves the session for the video encoder. It covers the
-windower's lookahead, waiting for the rest of the window, the model and
-renderer, and the playout queue. The last ``capacity`` values are kept.
+to the moment the frame starts playing, i.e. leaves the session for the video
+encoder. It covers the windower's lookahead, waiting for the rest of the
+window, the model and renderer, and the playout queue. It is measured for
+live audio only: microphone audio, and speech that arrived while the pipeline
+was waiting for it (an agent streaming its TTS as it is generated). Speech
+pushed ahead of time waits for the speech before it by design, so its queueing
+is not latency. The last ``capacity`` values are kept.
 """
 
 from __future__ import annotations

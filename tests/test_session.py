@@ -328,3 +328,26 @@ async def test_the_speech_gate_keeps_lips_still_in_microphone_noise_and_lets_spe
     assert jaws[True][noise_frames].max() < 0.02  # gated: at rest in the noise
     assert jaws[False][noise_frames].max() > 0.04  # ungated, the same noise moves them
     assert jaws[True][speech_frames].max() > 0.2  # speech gets through
+
+
+@pytest.mark.asyncio
+async def test_latency_counts_live_audio_only() -> None:
+    speech = bursts(2.0)
+    results = {}
+    for mode in ("bulk", "streamed"):
+        clock = VirtualClock()
+        async with Driver(make_session(clock), clock) as d:
+            await d.run(0.3)
+            if mode == "bulk":
+                await d.session.push_speech(speech, 16000)
+                await d.run(2.5)
+            else:  # 100 ms chunks as a streaming TTS produces them, in real time
+                for i in range(0, len(speech), 1600):
+                    await d.session.push_speech(speech[i : i + 1600], 16000)
+                    await d.run(0.1)
+                await d.run(0.5)
+            results[mode] = d.session.stats()
+    assert results["bulk"].latency_samples <= 2  # queued speech is not latency
+    streamed = results["streamed"]
+    assert streamed.latency_samples >= 15  # one per 100 ms chunk
+    assert streamed.latency_ms_p95 is not None and 100 < streamed.latency_ms_p95 < 250
