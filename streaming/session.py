@@ -21,8 +21,13 @@ Queues and their overflow policies:
 - speech: up to ``max_speech_s`` seconds wait to be played; :meth:`push_speech`
   then awaits (back-pressure on the TTS or agent connection);
 - microphone: at most ``max_mic_ms`` are held; older audio is dropped (live
-  audio is only useful now), and microphone audio arriving while the avatar
-  speaks is discarded;
+  audio is only useful now: when a late packet made the producer fill in
+  silence, the burst that follows would otherwise play that much later), and
+  microphone audio arriving while the avatar speaks is discarded. Filled-in
+  silence leaves the caller's audio playing later; when a whole second of
+  microphone frames was ready more than a tick earlier than needed, 20 ms of
+  incoming audio is skipped (like a receiver's adaptive jitter buffer), so
+  live latency returns to its minimum without dropping rendered frames;
 - frames: at most ``max_video_s`` seconds are rendered ahead (the producer
   waits); see :mod:`streaming.playout` for late frames and catching up.
 
@@ -46,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from model.motion import MotionGenerator, neutral_pose
+from model.motion import MotionGenerator
 from streaming.clock import Clock, MonotonicClock
 from streaming.playout import AudioOut, FrameEntry, Playout, SessionClosed, TickInfo, VideoOut
 from streaming.resample import StreamResampler, to_float32, to_int16
@@ -62,6 +67,7 @@ __all__ = [
 RATE = 48000
 TICK = 960  # samples per 20 ms tick at 48 kHz
 MODEL_RATE = 16000
+MIC_SLACK_FRAMES = 25  # microphone frames over which the latency adaptation looks at the slack
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,9 +92,9 @@ class SessionConfig:
     window_frames: int = 1
     margin_ms: float = 30.0
     max_video_s: float = 0.5
-    catch_up_frames: int = 1
+    catch_up_frames: int = 2
     max_speech_s: float = 20.0
-    max_mic_ms: float = 100.0
+    max_mic_ms: float = 60.0
     startup_delay_ms: float = 80.0
 
     def __post_init__(self) -> None:
@@ -172,8 +178,7 @@ class AvatarSession:
                                        context_ms=generator.context_ms, lookahead_ms=generator.lookahead_ms,
                                        sample_rate=MODEL_RATE)
         self._down = StreamResampler(RATE, MODEL_RATE)
-        rest_image = np.array(renderer.render(neutral_pose(1)[0], np.asarray(rest, np.float32)), copy=True)
-        self._warm_up()
+        rest_image = self._warm_up()
         self.playout = Playout(fps=cfg.fps, clock=self.clock, initial_image=rest_image, sample_rate=RATE,
                                max_frames=max(2, round(cfg.max_video_s * cfg.fps)),
                                catch_up_frames=cfg.catch_up_frames, startup_delay_s=cfg.startup_delay_ms / 1000,
@@ -186,6 +191,8 @@ class AvatarSession:
         self._mic: deque[tuple[np.ndarray, float]] = deque()
         self._mic_samples = 0
         self._mic_in: StreamResampler | None = None
+        self._mic_debt = 0  # samples of arriving microphone audio to skip (latency adaptation)
+        self._mic_slack: list[float] = []  # how early recent microphone frames were ready
         self._timeline: deque[tuple[np.ndarray, TickInfo]] = deque()  # ticks not yet in a frame
         self._timeline_start = 0  # timeline sample of _timeline[0]
         self._seq = 0
@@ -201,16 +208,18 @@ class AvatarSession:
         self._task: asyncio.Task[None] | None = None
         self.closed = False
 
-    def _warm_up(self) -> None:
-        """Run the generator once on silence (results discarded: its state is immutable), so the
-        first live window does not pay for loading compiled kernels and miss its deadline."""
+    def _warm_up(self) -> np.ndarray:
+        """Run the generator and renderer once on silence, so the first live window does not pay for
+        loading compiled kernels and miss its deadline; returns that idle frame, shown until the first
+        real one is ready (the generator's state is immutable: nothing carries over)."""
         warm = AudioWindower(fps=self.config.fps, window_frames=1, context_ms=self.generator.context_ms,
                              lookahead_ms=self.generator.lookahead_ms, sample_rate=MODEL_RATE)
-        for window in warm.push(np.zeros(MODEL_RATE // 5, np.float32))[:1]:
-            self.generator.generate(window, self._state)
+        window = warm.push(np.zeros(MODEL_RATE // 5, np.float32))[0]
+        chunk, _ = self.generator.generate(window, self._state)
         if self._gate is not None:  # TorchScript optimises its first calls: slow ones
             self._gate.process(np.zeros(MODEL_RATE // 4, np.float32))
             self._gate.reset()
+        return np.array(self.renderer.render(chunk.pose[0], chunk.coeffs[0]), copy=True)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -255,6 +264,9 @@ class AvatarSession:
         if self._mic_in is None or self._mic_in.in_rate != sample_rate:
             self._mic_in = StreamResampler(sample_rate, RATE)
         block = self._mic_in.process(samples)
+        if self._mic_debt:  # the timeline runs late (see _adapt_mic_latency): skip some caller audio
+            skip = min(self._mic_debt, len(block))
+            block, self._mic_debt = block[skip:], self._mic_debt - skip
         self._mic.append((block, self.clock.now()))
         self._mic_samples += len(block)
         excess = self._mic_samples - int(self.config.max_mic_ms * RATE / 1000)
@@ -372,6 +384,8 @@ class AvatarSession:
             # Only speech is played back: the caller's microphone is not echoed.
             self._timeline.append((audio if info.source == "speech" else np.zeros_like(audio), info))
             images = await loop.run_in_executor(self.executor, self._advance, audio, info.source == "mic", zero)
+            if images and info.source == "mic":
+                self._adapt_mic_latency()
             for image in images:
                 if not self.closed:
                     self.playout.push(self._frame_entry(image))
@@ -424,6 +438,17 @@ class AvatarSession:
             self._waiting = False
             return np.zeros(TICK, np.float32), TickInfo(seq, "idle", None, 0.0, now)
         return None
+
+    def _adapt_mic_latency(self) -> None:
+        """Skip 20 ms of caller audio when every recent microphone frame was ready a tick early."""
+        due = self.playout.next_due()
+        if due is None:
+            return
+        self._mic_slack.append(due - self.config.margin_ms / 1000.0 - self.clock.now())
+        if len(self._mic_slack) >= MIC_SLACK_FRAMES:
+            if min(self._mic_slack) > TICK / RATE:
+                self._mic_debt += TICK
+            self._mic_slack.clear()
 
     def _pop_mic(self, n: int) -> np.ndarray:
         out = np.zeros(n, np.float32)
