@@ -11,7 +11,10 @@ average and the CPU time other processes took during the run, because
 other jobs sharing the cores slow every number down. With ``--write FILE``
 the section between ``<!-- bench:start -->`` and ``<!-- bench:end -->`` is
 replaced (hand-written notes outside the markers are kept); without it the
-report goes to stdout.
+report goes to stdout. The live-streaming benchmark (:mod:`bench.live`: WebRTC
+calls to ``emote serve``) runs after the offline part and writes its own
+sub-section; ``--only live`` or ``--only offline`` runs one part and replaces
+only that part of the file.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class Results:
     decode: dict[str, Timing] = field(default_factory=dict)
     pipeline: Any = None  # RenderStats of an in-process render_file with warm caches
     wall_s: float = 0.0
+    live: Any = None  # bench.live.LiveResults, when the live part ran
 
 
 def log(message: str) -> None:
@@ -216,14 +220,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--write", metavar="FILE", help="replace the generated section of this markdown file")
     parser.add_argument("--quick", action="store_true", help="smoke run: 10 s of speech, fewer repetitions")
+    parser.add_argument("--only", choices=("offline", "live"), help="run one part; --write replaces only its section")
     args = parser.parse_args(argv)
-    res = run(args.quick)
-    section = render_report(res)
+    # -- the live part (bench.live) -------------------------------------------------------------
+    from bench.live import run_live
+    from bench.live_report import keep_live, live_section, replace_live
+
+    if args.only == "live":
+        section, update = live_section(run_live(args.quick)), replace_live
+    else:
+        res = run(args.quick)
+        if args.only is None:
+            res.live = run_live(args.quick)
+        section = render_report(res)
+
+        def update(old: str, new: str) -> str:
+            return keep_live(old, replace_section(old, new)) if args.only == "offline" else replace_section(old, new)
+    # -------------------------------------------------------------------------------------------
     if args.write:
         path = Path(args.write)
         old = path.read_text() if path.exists() else ""
-        path.write_text(replace_section(old, section))
-        log(f"wrote {path} ({res.wall_s:.0f} s)")
+        path.write_text(update(old, section))
+        log(f"wrote {path}")
     else:
         print(section)
     return 0

@@ -1,0 +1,285 @@
+"""The live-streaming benchmark: real calls to a real ``emote serve`` over loopback, measured.
+
+:func:`run_live` starts the server (:mod:`bench.live_server`: ``emote serve`` in its own process, the
+bundled portrait at 512x512 and 25 fps, ``BaselineGenerator``, the silero-vad speech gate, aiortc VP8,
+the ICE allow-list on 127.0.0.1) and then plays four phases of calls, each caller an aiortc peer in a
+process of its own (:mod:`bench.live_client`) that receives the avatar's video and audio:
+
+1. ``mic x1``: one caller speaks into its microphone (espeak-ng speech with pauses, real-time 20 ms
+   packets); the avatar mouths it. Latency of live microphone audio, sustained fps, late frames.
+2. ``agent x1``: one caller only watches and listens while an agent pushes speech over the agent socket
+   at real-time pace; the avatar says it. Latency of live agent speech, and the A/V offset at the peer.
+3. ``mic x2`` and 4. ``mic x3``: two and three such microphone calls at once (concurrency).
+
+Each phase measures a window of fixed length that opens only once all of its callers are connected and
+talking. From each call: the session's own counters at both ends of the window (``GET
+/sessions/{id}/stats``: frame periods, late, dropped and skipped ones; latency percentiles), the
+decoded frames' arrival times (received fps) and the mouth box's luma per frame, the received audio's
+level per 20 ms. From the server: per-frame VP8 timings (``recv()`` → encoded). From ``/proc``: CPU time
+of the server, of the callers, and of everything else on the machine during each window.
+
+The A/V offset cross-correlates the mouth's darkness (an open mouth shows the dark inside) with the
+audio envelope over arrival time; the same computation on an offline render of the same speech gives
+the offset built into the content (the generator's lip lead and the mouth's own dynamics), so the
+difference is what transport and playout add.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.live_stats import av_offset, cpu_sample, encode_summary, mouth_box, summarize_call
+
+REPO = Path(__file__).resolve().parent.parent
+FPS = 25.0
+SIZE = 512
+#: (name, mode, sessions, seconds measured); the quick variant for the smoke test.
+PHASES = (("mic x1", "mic", 1, 22.0), ("agent x1", "agent", 1, 16.0), ("mic x2", "mic", 2, 20.0),
+          ("mic x3", "mic", 3, 20.0))
+QUICK_PHASES = (("mic x1", "mic", 1, 4.0), ("agent x1", "agent", 1, 5.0), ("mic x2", "mic", 2, 4.0))
+PAUSES_S = (0.5, 0.8, 0.4, 1.1, 0.6, 0.9)  # between utterances, in turn
+
+
+def log(message: str) -> None:
+    print(f"[bench live] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class LiveResults:
+    """What the live benchmark measured; :mod:`bench.live_report` writes it as markdown."""
+
+    quick: bool
+    netns: bool = False
+    machine: list[str] = field(default_factory=list)
+    load_start: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    load_end: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    speech_s: float = 0.0
+    box: tuple[int, int, int, int] = (0, 0, 0, 0)
+    server_start_s: float = 0.0
+    phases: list[dict[str, Any]] = field(default_factory=list)
+    reference: dict[str, float] = field(default_factory=dict)  # offline render of the agent speech
+    lead_s: float = 0.0  # the generator's designed lip lead (model.baseline.LEAD_S)
+    wall_s: float = 0.0
+
+
+def in_loopback_namespace() -> bool:
+    """True when this process sees no network interface but loopback (``unshare -rn``)."""
+    try:
+        return [p.name for p in Path("/sys/class/net").iterdir()] == ["lo"]
+    except OSError:
+        return False
+
+
+def utterances(min_seconds: float) -> tuple[list[np.ndarray], list[float]]:
+    """Sentences of the benchmark story spoken by espeak-ng (16 kHz int16), at least ``min_seconds`` in all."""
+    from scipy.signal import resample_poly
+
+    from bench.speech import PARAGRAPHS
+    from server.tts import synthesize
+
+    said: list[np.ndarray] = []
+    pauses: list[float] = []
+    total = 0.0
+    for text, wpm, _ in PARAGRAPHS:
+        for sentence in re.findall(r"[^.?!:]+[.?!:]", text):
+            samples, rate = synthesize(sentence.strip(), words_per_minute=wpm)
+            g = np.gcd(16000, rate)
+            x = resample_poly(samples.astype(np.float32), 16000 // g, rate // g)
+            said.append(np.clip(np.round(x * 32767), -32768, 32767).astype(np.int16))
+            pauses.append(PAUSES_S[len(pauses) % len(PAUSES_S)])
+            total += len(x) / 16000 + pauses[-1]
+            if total >= min_seconds:
+                return said, pauses
+    return said, pauses
+
+
+def reference_offset(portrait: Path, said: list[np.ndarray], pauses: list[float], box: tuple[int, ...],
+                     seconds: float) -> dict[str, float]:
+    """The A/V offset of an offline render of the agent's speech, measured as at the peer."""
+    from bench.stages import make_motion
+    from streaming.offline import prepare_portrait
+
+    parts: list[np.ndarray] = [np.zeros(8000, np.int16)]
+    for speech, pause in zip(said, pauses, strict=True):
+        parts += [speech, np.zeros(int(pause * 16000), np.int16)]
+    audio = np.concatenate(parts)[: int(seconds * 16000)].astype(np.float32) / 32768
+    framed, renderer = prepare_portrait(portrait, size=SIZE, face_index=0)
+    pose, coeffs, _ = make_motion(audio, framed.rest, fps=FPS)
+    x0, y0, x1, y1 = box
+    weights = np.array([0.257, 0.504, 0.098], np.float32)  # BT.601 luma, as the I420 conversion computes it
+    luma = np.array([16 + float((renderer.render(p, c)[y0:y1, x0:x1].astype(np.float32) @ weights).mean())
+                     for p, c in zip(pose, coeffs, strict=True)])
+    chunks = audio[: len(audio) // 320 * 320].reshape(-1, 320)
+    level = np.sqrt(np.mean(chunks.astype(np.float64) ** 2, axis=1)) * 32768
+    video_t = np.arange(len(luma)) / FPS + 0.5 / FPS  # each frame's content is centred in its period
+    offset_ms, r = av_offset(video_t, -luma, np.arange(len(level)) * 0.02 + 0.01, np.sqrt(level))
+    return {"offset_ms": offset_ms, "r": r, "frames": float(len(luma))}
+
+
+async def _http_json(url: str) -> dict:
+    from bench.live_client import http
+
+    return (await http("GET", url))[1]
+
+
+def _log_file(path: Path) -> Any:
+    """A child's stderr goes to a file (shown when it fails); the child holds it open, the parent closes its copy."""
+    return path.open("wb")
+
+
+async def start_server(tmp: Path, env: dict[str, str], max_sessions: int) -> tuple[Any, str]:
+    cmd = [sys.executable, "-m", "bench.live_server", str(tmp / "server-timings.json"), "--port", "0",
+           "--max-sessions", str(max_sessions), "--data-dir", str(tmp / "data")]
+    with _log_file(tmp / "server.log") as stderr:
+        proc = await asyncio.create_subprocess_exec(*cmd, cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE,
+                                                    stderr=stderr)
+    async with asyncio.timeout(120):
+        while True:
+            line = (await proc.stdout.readline()).decode()
+            if not line:
+                raise RuntimeError(f"emote serve exited early:\n{(tmp / 'server.log').read_text()[-3000:]}")
+            if match := re.search(r"serving on (http://[\d.]+:\d+)", line):
+                return proc, match[1]
+
+
+async def stop_server(proc: Any, tmp: Path) -> list[list[float]]:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(30):
+        await proc.wait()
+    path = tmp / "server-timings.json"
+    if not path.exists():
+        raise RuntimeError(f"the server left no timings:\n{(tmp / 'server.log').read_text()[-3000:]}")
+    return json.loads(path.read_text())["encode"]
+
+
+async def run_phase(name: str, mode: str, n: int, seconds: float, url: str, server_pid: int, tmp: Path,
+                    env: dict[str, str], box: tuple[int, ...]) -> dict[str, Any]:
+    """``n`` callers at once; everything measured over one window of ``seconds``."""
+    slug = re.sub(r"\W+", "-", name)
+    outs = [tmp / f"{slug}-{i}.json" for i in range(n)]
+    procs = []
+    for i in range(n):
+        cmd = [sys.executable, "-m", "bench.live_client", "--url", url, "--mode", mode,
+               "--speech", str(tmp / "speech.npz"), "--box", ",".join(map(str, box)), "--out", str(outs[i])]
+        with _log_file(tmp / f"{slug}-{i}.log") as stderr:
+            procs.append(await asyncio.create_subprocess_exec(
+                *cmd, cwd=REPO, env=env, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=stderr))
+    try:
+        for i, proc in enumerate(procs):
+            async with asyncio.timeout(90):
+                while True:
+                    line = await proc.stdout.readline()
+                    if not line:
+                        raise RuntimeError(f"caller {i} of {name} ended early:\n"
+                                           f"{(tmp / f'{slug}-{i}.log').read_text()[-3000:]}")
+                    if line.startswith(b"{") and json.loads(line).get("ready"):
+                        break
+        start = time.monotonic() + 1.5  # the callers start talking before the window opens
+        for proc in procs:
+            proc.stdin.write(json.dumps({"from": start, "seconds": seconds}).encode() + b"\n")
+            await proc.stdin.drain()
+        pids = {"server": [server_pid], "callers": [p.pid for p in procs]}
+        await asyncio.sleep(max(0.0, start - time.monotonic()))
+        cpu0 = cpu_sample(pids)
+        await asyncio.sleep(max(0.0, start + seconds - time.monotonic()))
+        cpu1 = cpu_sample(pids)
+        for i, proc in enumerate(procs):
+            async with asyncio.timeout(60):
+                if await proc.wait() != 0:
+                    raise RuntimeError(f"caller {i} of {name} failed:\n{(tmp / f'{slug}-{i}.log').read_text()[-3000:]}")
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    calls = [summarize_call(json.loads(out.read_text()), FPS) for out in outs]
+    for _ in range(75):  # the server releases the calls' slots before the next phase
+        if not (await _http_json(f"{url}/health"))["sessions"]:
+            break
+        await asyncio.sleep(0.2)
+    else:
+        raise RuntimeError(f"the server still holds sessions 15 s after the calls of {name} hung up")
+    wall = cpu1["t"] - cpu0["t"]
+    cpu = {k: (cpu1[k] - cpu0[k]) / wall for k in ("server", "callers", "busy")}
+    cpu["others"] = max(0.0, cpu["busy"] - cpu["server"] - cpu["callers"])
+    return {"name": name, "mode": mode, "sessions": n, "seconds": seconds, "window": [start, start + seconds],
+            "calls": calls, "cpu": cpu, "raw": [json.loads(out.read_text()) for out in outs] if mode == "agent"
+            else []}
+
+
+async def _run(res: LiveResults, tmp: Path, phases: tuple) -> None:
+    from model.assets import default_portrait_path
+    from streaming.offline import prepare_portrait
+
+    env = {**os.environ, "EMOTE_CACHE_DIR": str(tmp / "portrait-cache")}
+    os.environ["EMOTE_CACHE_DIR"] = env["EMOTE_CACHE_DIR"]  # this process's own portrait analysis too
+    portrait = default_portrait_path()
+    log("synthesising speech")
+    longest = max(seconds for *_, seconds in phases) + 3.0
+    said, pauses = utterances(longest)
+    res.speech_s = sum(len(s) for s in said) / 16000 + sum(pauses)
+    np.savez(tmp / "speech.npz", count=len(said), pauses=np.array(pauses), **{f"u{i}": s for i, s in enumerate(said)})
+    framed, _ = prepare_portrait(portrait, size=SIZE, face_index=0)
+    res.box = mouth_box(framed.landmarks, SIZE)
+    log("offline reference render of the agent's speech (A/V offset built into the content)")
+    agent_s = next(seconds for _, mode, _, seconds in phases if mode == "agent")
+    res.reference = reference_offset(portrait, said, pauses, res.box, agent_s + 0.5)
+    log("starting emote serve")
+    t = time.perf_counter()
+    server, url = await start_server(tmp, env, max(n for _, _, n, _ in phases))
+    res.server_start_s = time.perf_counter() - t
+    try:
+        for name, mode, n, seconds in phases:
+            log(f"phase {name}: {n} call(s), {seconds:.0f} s measured (load {os.getloadavg()[0]:.2f})")
+            res.phases.append(await run_phase(name, mode, n, seconds, url, server.pid, tmp, env, res.box))
+    finally:
+        records = await stop_server(server, tmp)
+    for phase in res.phases:
+        phase["encode"] = encode_summary(records, *phase["window"])
+        if phase["mode"] == "agent":
+            raw = phase.pop("raw")[0]
+            video, audio = np.array(raw["video"]), np.array(raw["audio"])
+            offset_ms, r = av_offset(video[:, 0] + 0.5 / FPS, -video[:, 2], audio[:, 0] + 0.01, np.sqrt(audio[:, 1]))
+            phase["av"] = {"offset_ms": offset_ms, "r": r, "video_frames": len(video), "audio_frames": len(audio)}
+        else:
+            phase.pop("raw")
+
+
+def run_live(quick: bool) -> LiveResults:
+    """Measure the live server on this machine (see the module docstring); takes about 2.5 minutes."""
+    from bench.report import machine_lines
+    from model.baseline import LEAD_S
+
+    res = LiveResults(quick=quick, netns=in_loopback_namespace(), lead_s=LEAD_S)
+    if not res.netns:
+        log("not in a loopback-only network namespace (make bench runs in one); the ICE allow-list and the "
+            "127.0.0.1 listener keep every packet on loopback anyway")
+    t = time.perf_counter()
+    res.machine = machine_lines()
+    res.load_start = os.getloadavg()
+    saved = os.environ.get("EMOTE_CACHE_DIR")
+    try:
+        with tempfile.TemporaryDirectory(prefix="emote-bench-live-") as tmp:
+            asyncio.run(_run(res, Path(tmp), QUICK_PHASES if quick else PHASES))
+    finally:
+        if saved is None:
+            os.environ.pop("EMOTE_CACHE_DIR", None)
+        else:
+            os.environ["EMOTE_CACHE_DIR"] = saved
+    res.load_end = os.getloadavg()
+    res.wall_s = time.perf_counter() - t
+    return res
