@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -61,8 +62,10 @@ from streaming.windower import AudioWindower
 
 __all__ = [
     "AudioOut", "AvatarSession", "PlaybackFinished", "PlaybackStarted", "SessionClosed", "SessionConfig",
-    "SessionEvent", "SessionStats", "VideoOut",
+    "SessionEvent", "SessionFailed", "SessionStats", "SpeechCleared", "VideoOut",
 ]  # fmt: skip
+
+logger = logging.getLogger(__name__)
 
 RATE = 48000
 TICK = 960  # samples per 20 ms tick at 48 kHz
@@ -125,7 +128,19 @@ class PlaybackFinished:
     interrupted: bool
 
 
-SessionEvent = PlaybackStarted | PlaybackFinished
+@dataclass(frozen=True)
+class SessionFailed:
+    """The producer stopped on an unexpected error; the tracks have ended (``error`` describes it)."""
+
+    error: str
+
+
+SessionEvent = PlaybackStarted | PlaybackFinished | SessionFailed
+
+
+class SpeechCleared(Exception):
+    """:meth:`AvatarSession.push_speech` was waiting for room when :meth:`AvatarSession.clear` was
+    called: that speech belongs to the interrupted turn and was dropped."""
 
 
 @dataclass
@@ -199,6 +214,8 @@ class AvatarSession:
         self._frames_made = 0
         self._zero_pending = False
         self._waiting = False  # the producer found no audio and waited for some
+        self._clears = 0  # how many times clear() was called (speech waiting across one is dropped)
+        self.error: BaseException | None = None  # what stopped the producer, if it failed
         self._input = asyncio.Event()
         self._drained = asyncio.Event()
         self._listeners: list[Callable[[SessionEvent], None]] = []
@@ -231,6 +248,17 @@ class AvatarSession:
         """Start producing frames (the media clock starts at the first pull)."""
         if self._task is None and not self.closed:
             self._task = asyncio.get_running_loop().create_task(self._produce(), name="emote-producer")
+            self._task.add_done_callback(self._producer_done)
+
+    def _producer_done(self, task: asyncio.Task[None]) -> None:
+        """A producer that failed ends the session's tracks and tells the listeners (a frozen avatar
+        would otherwise look alive)."""
+        if task.cancelled() or task.exception() is None:
+            return
+        self.error = task.exception()
+        logger.error("avatar session failed: %r", self.error, exc_info=self.error)
+        self.playout.close()
+        self._emit(SessionFailed(repr(self.error)))
 
     async def aclose(self) -> None:
         """Stop the producer and end both tracks; idempotent."""
@@ -240,10 +268,14 @@ class AvatarSession:
         self.playout.close()
         self._input.set()
         self._drained.set()
-        if self._task is not None:
+        if self._task is not None and not self._task.done():
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await self._task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # our caller is being cancelled too: let it through
         self._speech.clear()
         self._mic.clear()
         self._timeline.clear()
@@ -287,11 +319,16 @@ class AvatarSession:
 
         Raises:
             SessionClosed: the session was closed.
+            SpeechCleared: :meth:`clear` was called while this call waited for room; the
+                samples were dropped with the rest of the interrupted speech.
         """
         x = to_float32(samples)
+        epoch = self._clears
         while not self.closed and self._speech_samples >= self.config.max_speech_s * RATE:
             self._drained.clear()
             await self._drained.wait()
+            if self._clears != epoch:
+                raise SpeechCleared("clear() was called while this speech waited to be queued")
         if self.closed:
             raise SessionClosed("the avatar session is closed")
         seg = self._open
@@ -320,6 +357,7 @@ class AvatarSession:
     def clear(self) -> None:
         """Interrupt: drop queued speech, microphone audio and frames now (see the module docstring)."""
         self._open = None
+        self._clears += 1
         for seg in list(self._segments.values()):
             self._finish(seg, interrupted=True)
         self._segments.clear()

@@ -371,3 +371,67 @@ async def test_a_jittery_microphone_keeps_latency_bounded() -> None:
     assert stats.late_frames == 0
     assert stats.latency_ms_p95 is not None and stats.latency_ms_p95 < 250
     assert stats.dropped_frames <= 2 * 4  # at most a frame or two per hiccup, not a growing backlog
+
+
+@pytest.mark.asyncio
+async def test_speech_waiting_for_room_is_dropped_by_clear() -> None:
+    from streaming.session import SpeechCleared
+
+    clock = VirtualClock()
+    events: list[SessionEvent] = []
+    async with Driver(make_session(clock, max_speech_s=1.0), clock) as d:
+        d.session.add_listener(events.append)
+        await d.session.push_speech(bursts(3.0), 16000)  # fills the queue beyond max_speech_s
+        waiting = asyncio.create_task(d.session.push_speech(bursts(1.0, seed=5), 16000))
+        await d.run(0.1)
+        assert not waiting.done()
+        d.session.clear()
+        await d.run(0.02)
+        with pytest.raises(SpeechCleared):
+            await waiting
+        await d.run(1.5)
+    assert [type(e) for e in events] == [PlaybackStarted, PlaybackFinished]  # nothing after the clear
+    assert not d.received.audio_samples[-48000:].any()
+
+
+class BrokenRenderer(IndexRenderer):
+    def __init__(self, fail_after: int) -> None:
+        super().__init__()
+        self.fail_after = fail_after
+
+    def render(self, pose: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
+        if self.calls >= self.fail_after:
+            raise RuntimeError("renderer broke")
+        return super().render(pose, coeffs)
+
+
+@pytest.mark.asyncio
+async def test_a_failing_producer_ends_the_tracks_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
+    from streaming.session import SessionFailed
+
+    clock = VirtualClock()
+    session = AvatarSession(BrokenRenderer(fail_after=10), BaselineGenerator(), REST, clock=clock,
+                            executor=InlineExecutor(), speech_gate=False)
+    events: list[SessionEvent] = []
+    session.add_listener(events.append)
+    async with Driver(session, clock) as d:
+        await d.run(1.0)
+        assert isinstance(session.error, RuntimeError)
+        assert [type(e) for e in events] == [SessionFailed] and "renderer broke" in events[0].error
+        with pytest.raises(SessionClosed):
+            await session.next_video()
+        assert 5 <= len(d.received.video) <= 12  # the video stopped instead of freezing on
+    assert "avatar session failed" in caplog.text
+
+
+@pytest.mark.asyncio
+async def test_aclose_lets_its_callers_cancellation_through() -> None:
+    clock = VirtualClock()
+    session = make_session(clock)
+    await session.start()
+    closing = asyncio.create_task(session.aclose())
+    await asyncio.sleep(0)
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    assert session.closed
