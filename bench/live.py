@@ -31,24 +31,43 @@ import json
 import os
 import re
 import signal
+import socket
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from bench.live_stats import av_offset, cpu_sample, encode_summary, mouth_box, summarize_call
+from bench.live_stats import (
+    av_offset,
+    cpu_sample,
+    encode_summary,
+    mouth_box,
+    segment_latency,
+    summarize_call,
+    thread_cores,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 FPS = 25.0
 SIZE = 512
-#: (name, mode, sessions, seconds measured); the quick variant for the smoke test.
-PHASES = (("mic x1", "mic", 1, 22.0), ("agent x1", "agent", 1, 16.0), ("mic x2", "mic", 2, 20.0),
-          ("mic x3", "mic", 3, 20.0))
-QUICK_PHASES = (("mic x1", "mic", 1, 4.0), ("agent x1", "agent", 1, 5.0), ("mic x2", "mic", 2, 4.0))
+class Phase(NamedTuple):
+    """Calls made at once, and how long they are measured."""
+
+    name: str
+    mode: str  # "mic" or "agent" (see bench.live_client)
+    sessions: int
+    seconds: float
+    nice: int = 0  # the callers' niceness: 19 lets the server have the cores first
+
+
+PHASES = (Phase("mic x1", "mic", 1, 22.0), Phase("agent x1", "agent", 1, 16.0), Phase("mic x2", "mic", 2, 20.0),
+          Phase("mic x3", "mic", 3, 20.0))
+#: The smoke test's run.
+QUICK_PHASES = (Phase("mic x1", "mic", 1, 4.0), Phase("agent x1", "agent", 1, 5.0), Phase("mic x2", "mic", 2, 4.0))
 PAUSES_S = (0.5, 0.8, 0.4, 1.1, 0.6, 0.9)  # between utterances, in turn
 
 
@@ -77,7 +96,7 @@ class LiveResults:
 def in_loopback_namespace() -> bool:
     """True when this process sees no network interface but loopback (``unshare -rn``)."""
     try:
-        return [p.name for p in Path("/sys/class/net").iterdir()] == ["lo"]
+        return [name for _, name in socket.if_nameindex()] == ["lo"]  # this namespace's view (not /sys's)
     except OSError:
         return False
 
@@ -154,7 +173,7 @@ async def start_server(tmp: Path, env: dict[str, str], max_sessions: int) -> tup
                 return proc, match[1]
 
 
-async def stop_server(proc: Any, tmp: Path) -> list[list[float]]:
+async def stop_server(proc: Any, tmp: Path) -> dict[str, Any]:
     if proc.returncode is None:
         proc.send_signal(signal.SIGTERM)
     async with asyncio.timeout(30):
@@ -162,18 +181,20 @@ async def stop_server(proc: Any, tmp: Path) -> list[list[float]]:
     path = tmp / "server-timings.json"
     if not path.exists():
         raise RuntimeError(f"the server left no timings:\n{(tmp / 'server.log').read_text()[-3000:]}")
-    return json.loads(path.read_text())["encode"]
+    return json.loads(path.read_text())
 
 
-async def run_phase(name: str, mode: str, n: int, seconds: float, url: str, server_pid: int, tmp: Path,
-                    env: dict[str, str], box: tuple[int, ...]) -> dict[str, Any]:
-    """``n`` callers at once; everything measured over one window of ``seconds``."""
+async def run_phase(phase: Phase, url: str, server_pid: int, tmp: Path, env: dict[str, str],
+                    box: tuple[int, ...]) -> dict[str, Any]:
+    """The phase's callers at once; everything measured over one window of ``phase.seconds``."""
+    name, mode, n, seconds, nice = phase
     slug = re.sub(r"\W+", "-", name)
     outs = [tmp / f"{slug}-{i}.json" for i in range(n)]
     procs = []
     for i in range(n):
-        cmd = [sys.executable, "-m", "bench.live_client", "--url", url, "--mode", mode,
-               "--speech", str(tmp / "speech.npz"), "--box", ",".join(map(str, box)), "--out", str(outs[i])]
+        cmd = ["nice", "-n", str(nice)] * bool(nice) + [
+            sys.executable, "-m", "bench.live_client", "--url", url, "--mode", mode,
+            "--speech", str(tmp / "speech.npz"), "--box", ",".join(map(str, box)), "--out", str(outs[i])]
         with _log_file(tmp / f"{slug}-{i}.log") as stderr:
             procs.append(await asyncio.create_subprocess_exec(
                 *cmd, cwd=REPO, env=env, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
@@ -194,9 +215,9 @@ async def run_phase(name: str, mode: str, n: int, seconds: float, url: str, serv
             await proc.stdin.drain()
         pids = {"server": [server_pid], "callers": [p.pid for p in procs]}
         await asyncio.sleep(max(0.0, start - time.monotonic()))
-        cpu0 = cpu_sample(pids)
+        cpu0 = cpu_sample(pids, threads_of=server_pid)
         await asyncio.sleep(max(0.0, start + seconds - time.monotonic()))
-        cpu1 = cpu_sample(pids)
+        cpu1 = cpu_sample(pids, threads_of=server_pid)
         for i, proc in enumerate(procs):
             async with asyncio.timeout(60):
                 if await proc.wait() != 0:
@@ -216,12 +237,13 @@ async def run_phase(name: str, mode: str, n: int, seconds: float, url: str, serv
     wall = cpu1["t"] - cpu0["t"]
     cpu = {k: (cpu1[k] - cpu0[k]) / wall for k in ("server", "callers", "busy")}
     cpu["others"] = max(0.0, cpu["busy"] - cpu["server"] - cpu["callers"])
-    return {"name": name, "mode": mode, "sessions": n, "seconds": seconds, "window": [start, start + seconds],
-            "calls": calls, "cpu": cpu, "raw": [json.loads(out.read_text()) for out in outs] if mode == "agent"
-            else []}
+    raw = [json.loads(out.read_text()) for out in outs] if mode == "agent" else []
+    return {"name": name, "mode": mode, "sessions": n, "seconds": seconds, "nice": nice,
+            "window": [start, start + seconds],
+            "calls": calls, "cpu": cpu, "threads": [cpu0["threads"], cpu1["threads"]], "raw": raw}
 
 
-async def _run(res: LiveResults, tmp: Path, phases: tuple) -> None:
+async def _run(res: LiveResults, tmp: Path, phases: tuple[Phase, ...]) -> None:
     from model.assets import default_portrait_path
     from streaming.offline import prepare_portrait
 
@@ -229,32 +251,35 @@ async def _run(res: LiveResults, tmp: Path, phases: tuple) -> None:
     os.environ["EMOTE_CACHE_DIR"] = env["EMOTE_CACHE_DIR"]  # this process's own portrait analysis too
     portrait = default_portrait_path()
     log("synthesising speech")
-    longest = max(seconds for *_, seconds in phases) + 3.0
+    longest = max(p.seconds for p in phases) + 3.0
     said, pauses = utterances(longest)
     res.speech_s = sum(len(s) for s in said) / 16000 + sum(pauses)
     np.savez(tmp / "speech.npz", count=len(said), pauses=np.array(pauses), **{f"u{i}": s for i, s in enumerate(said)})
     framed, _ = prepare_portrait(portrait, size=SIZE, face_index=0)
     res.box = mouth_box(framed.landmarks, SIZE)
     log("offline reference render of the agent's speech (A/V offset built into the content)")
-    agent_s = next(seconds for _, mode, _, seconds in phases if mode == "agent")
+    agent_s = next(p.seconds for p in phases if p.mode == "agent")
     res.reference = reference_offset(portrait, said, pauses, res.box, agent_s + 0.5)
     log("starting emote serve")
     t = time.perf_counter()
-    server, url = await start_server(tmp, env, max(n for _, _, n, _ in phases))
+    server, url = await start_server(tmp, env, max(p.sessions for p in phases))
     res.server_start_s = time.perf_counter() - t
     try:
-        for name, mode, n, seconds in phases:
-            log(f"phase {name}: {n} call(s), {seconds:.0f} s measured (load {os.getloadavg()[0]:.2f})")
-            res.phases.append(await run_phase(name, mode, n, seconds, url, server.pid, tmp, env, res.box))
+        for phase in phases:
+            log(f"phase {phase.name}: {phase.sessions} call(s), {phase.seconds:.0f} s measured "
+                f"(load {os.getloadavg()[0]:.2f})")
+            res.phases.append(await run_phase(phase, url, server.pid, tmp, env, res.box))
     finally:
-        records = await stop_server(server, tmp)
+        timings = await stop_server(server, tmp)
     for phase in res.phases:
-        phase["encode"] = encode_summary(records, *phase["window"])
+        phase["encode"] = encode_summary(timings["encode"], *phase["window"])
+        phase["server_threads"] = thread_cores(*phase.pop("threads"), timings["threads"], phase["seconds"])
         if phase["mode"] == "agent":
             raw = phase.pop("raw")[0]
             video, audio = np.array(raw["video"]), np.array(raw["audio"])
             offset_ms, r = av_offset(video[:, 0] + 0.5 / FPS, -video[:, 2], audio[:, 0] + 0.01, np.sqrt(audio[:, 1]))
             phase["av"] = {"offset_ms": offset_ms, "r": r, "video_frames": len(video), "audio_frames": len(audio)}
+            phase["segments"] = segment_latency(raw["agent_events"])
         else:
             phase.pop("raw")
 

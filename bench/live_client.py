@@ -116,6 +116,7 @@ async def agent(url: str, session_id: str, utterances: list[np.ndarray], pauses:
         step = int(PACKET_S * RATE)
         t = start
         try:
+            said = 0
             while t < until:
                 for speech, pause in zip(utterances, pauses, strict=True):
                     for i in range(0, len(speech), step):
@@ -123,7 +124,11 @@ async def agent(url: str, session_id: str, utterances: list[np.ndarray], pauses:
                             break
                         await sleep_until(t)
                         await ws.send(speech[i : i + step].astype("<i2").tobytes())
+                        if i == 0:
+                            log.append([time.monotonic(), {"type": "sent_first", "utterance": said}])
                         t += len(speech[i : i + step]) / RATE
+                    log.append([time.monotonic(), {"type": "sent_last", "utterance": said}])
+                    said += 1
                     await ws.send(json.dumps({"type": "end_of_speech"}))
                     t += pause
                     if t >= until:

@@ -13,7 +13,9 @@ with two timing hooks added around aiortc's video sending path and nothing else 
 aiortc sends the RTP packets right after ``encode()`` returns (packetising and SRTP take well under a
 millisecond), so ``recv()`` → encoded is the server's share of a frame's way out after the session.
 When the server stops (SIGTERM), the records go to ``TIMINGS.json`` as rows of
-``[end time.monotonic(), encoder id, wait_ms, encode_ms, cpu_ms, bytes]``.
+``[end time.monotonic(), encoder id, wait_ms, encode_ms, cpu_ms, bytes]``, with the names of the
+process's Python threads by kernel thread id (noted twice a second), so that the benchmark can tell
+from ``/proc`` which thread pool spent the CPU time.
 """
 
 from __future__ import annotations
@@ -21,12 +23,22 @@ from __future__ import annotations
 import json
 import math
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 #: One row per encoded video frame (appended from aiortc's executor threads; list.append is atomic).
 RECORDS: list[tuple[float, int, float, float, float, int]] = []
+#: Kernel thread id -> Python thread name, of every thread seen alive.
+THREAD_NAMES: dict[int, str] = {}
+
+
+def note_thread_names() -> None:
+    """Keep :data:`THREAD_NAMES` up to date (on a daemon thread; Python does not name kernel threads)."""
+    while True:
+        THREAD_NAMES.update({t.native_id: t.name for t in threading.enumerate() if t.native_id is not None})
+        time.sleep(0.5)
 
 
 def install_hooks() -> None:
@@ -63,13 +75,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out, serve_options = Path(args[0]), args[1:]
     install_hooks()
+    threading.Thread(target=note_thread_names, name="bench-thread-names", daemon=True).start()
     from server.cli import main as emote_main
 
     try:
         return emote_main(["serve", *serve_options])
     finally:
         rows = [[round(v, 4) if isinstance(v, float) else v for v in row] for row in list(RECORDS)]
-        out.write_text(json.dumps({"encode": rows}))
+        out.write_text(json.dumps({"encode": rows, "threads": dict(THREAD_NAMES)}))
 
 
 if __name__ == "__main__":

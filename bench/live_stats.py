@@ -111,8 +111,8 @@ def encode_summary(records: list[list[float]], start: float, end: float) -> dict
     }
 
 
-def _proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (0 once it is gone)."""
+def _proc_cpu_s(pid: int | str) -> float:
+    """User + system CPU seconds of a process or ``pid/task/tid`` thread (0 once it is gone)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
@@ -125,9 +125,65 @@ def _machine_busy_s() -> float:
     return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
 
 
-def cpu_sample(pids: dict[str, list[int]]) -> dict[str, float]:
-    """CPU seconds so far of each named group of processes and of the whole machine, with the time."""
-    sample = {name: sum(_proc_cpu_s(p) for p in group) for name, group in pids.items()}
+def _thread_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds of each thread of a process, by kernel thread id (as a string: it goes through JSON)."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return {}
+    return {tid: _proc_cpu_s(f"{pid}/task/{tid}") for tid in tids}  # type: ignore[arg-type]
+
+
+def cpu_sample(pids: dict[str, list[int]], threads_of: int | None = None) -> dict[str, Any]:
+    """CPU seconds so far of each named group of processes and of the whole machine, with the time;
+    with ``threads_of``, also of each thread of that process (under ``"threads"``)."""
+    sample: dict[str, Any] = {name: sum(_proc_cpu_s(p) for p in group) for name, group in pids.items()}
     sample["busy"] = _machine_busy_s()
     sample["t"] = time.monotonic()
+    if threads_of is not None:
+        sample["threads"] = _thread_cpu_s(threads_of)
     return sample
+
+
+#: Thread name prefixes of the server -> what runs there.
+THREAD_GROUPS = (
+    ("emote-render", "render pool: motion model, renderer, speech gate"),
+    ("MainThread", "event loop: aiortc RTP/RTCP/SRTP, ICE, session, HTTP"),
+    ("uvloop", "default executor: VP8 and Opus encoding"),
+    ("asyncio", "default executor: VP8 and Opus encoding"),
+    ("audio-decoder", "aiortc decoder threads: the caller's Opus"),
+)
+
+
+def thread_cores(before: dict[str, float], after: dict[str, float], names: dict[str, str],
+                 seconds: float) -> dict[str, float]:
+    """Cores each group of the server's threads kept busy between two samples (see :data:`THREAD_GROUPS`)."""
+    cores: dict[str, float] = {}
+    for tid, cpu in after.items():
+        name = names.get(tid, "")
+        group = next((g for prefix, g in THREAD_GROUPS if name.startswith(prefix)),
+                     "other threads (torch, libvpx, preparation)")
+        cores[group] = cores.get(group, 0.0) + (cpu - before.get(tid, 0.0)) / seconds
+    return cores
+
+
+def segment_latency(events: list[list[Any]]) -> dict[str, Any]:
+    """Agent speech, segment by segment: first 20 ms sent → ``playback_started``, last sent → ``playback_finished``.
+
+    Both events fire as the segment's first or last frame leaves the session, so these are the latencies of
+    a segment's first and last audio (the WebSocket's own delay, well under a millisecond here, included).
+    """
+    sent: dict[tuple[str, int], float] = {}
+    played: dict[tuple[str, int], float] = {}
+    for t, message in events:
+        kind = message.get("type")
+        if kind in ("sent_first", "sent_last"):
+            sent[(kind, message["utterance"] + 1)] = t
+        elif kind == "playback_started":
+            played[("sent_first", message["segment_id"])] = t
+        elif kind == "playback_finished" and not message.get("interrupted"):
+            played[("sent_last", message["segment_id"])] = t
+    onset = [1000 * (played[k] - sent[k]) for k in sent if k in played and k[0] == "sent_first"]
+    end = [1000 * (played[k] - sent[k]) for k in sent if k in played and k[0] == "sent_last"]
+    return {"segments": len(onset), "onset_p50_ms": _pct(onset, 50), "onset_max_ms": max(onset, default=None),
+            "end_p50_ms": _pct(end, 50), "end_max_ms": max(end, default=None), "onset_ms": onset, "end_ms": end}
