@@ -252,12 +252,20 @@ class SessionManager:
             if self._shutting_down:  # shutdown began while this one was starting
                 raise TooManySessionsError(self.config.max_sessions, self.config.retry_after_s)
         except BaseException:
-            if managed is not None:
-                await self.close_session(managed.id)
-            else:
-                if session is not None:
-                    await session.aclose()
-                self._slots_used -= 1
+            # Release what was built without letting a failure here replace the error the caller must see
+            # (the peer's on_closed may already have released the session: then there is nothing to do).
+            try:
+                if managed is not None:
+                    with contextlib.suppress(UnknownSessionError):
+                        await self.close_session(managed.id)
+                else:
+                    try:
+                        if session is not None:
+                            await session.aclose()
+                    finally:
+                        self._slots_used -= 1
+            except Exception:
+                log.exception("a session that failed to start was not released cleanly")
             raise
         log.info("session %s started (portrait %s, %s)", managed.id, portrait.id,
                  "WebRTC" if managed.peer else "no viewer")
@@ -294,14 +302,22 @@ class SessionManager:
         await asyncio.shield(managed._closing)
 
     async def _release(self, managed: ManagedSession) -> None:
+        # Each step runs whatever the one before it did: a peer that fails to close must not keep the
+        # session (its producer, its frames) alive, nor the slot taken.
         try:
-            await managed._cancel_speech()
-            if managed.peer is not None:
-                await managed.peer.close()
-            for sink in managed._sinks:
-                sink.cancel()
-            await asyncio.gather(*managed._sinks, return_exceptions=True)
-            await managed.session.aclose()
+            try:
+                await managed._cancel_speech()
+                if managed.peer is not None:
+                    await managed.peer.close()
+            except Exception:
+                log.exception("session %s: closing its WebRTC peer failed", managed.id)
+            finally:
+                for sink in managed._sinks:
+                    sink.cancel()
+                await asyncio.gather(*managed._sinks, return_exceptions=True)
+                await managed.session.aclose()
+        except Exception:
+            log.exception("session %s: closing the avatar session failed", managed.id)
         finally:
             self._sessions.pop(managed.id, None)
             self._slots_used -= 1

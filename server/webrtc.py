@@ -58,10 +58,14 @@ def _parse_offer(sdp: object, sdp_type: object, policy: IcePolicy) -> aiortc_sdp
         raise SignalingError(f"the offer's sdp is {len(sdp)} characters, more than {MAX_SDP_CHARS}; is it SDP?")
     try:
         parsed = aiortc_sdp.SessionDescription.parse(sdp)
+    except StopIteration:  # aiortc looks up the codec of each a=fmtp / a=rtcp-fb line with next()
+        raise SignalingError("the offer's sdp has an a=fmtp or a=rtcp-fb line for a payload type without an "
+                             "a=rtpmap line; send the offer the browser made, unchanged") from None
     except _SDP_ERRORS as exc:
-        raise SignalingError(f"the offer's sdp cannot be parsed ({type(exc).__name__} {exc}); send SDP text") from None
+        raise SignalingError(f"the offer's sdp cannot be parsed ({_describe(exc)}); send SDP text") from None
     if not parsed.media:
         raise SignalingError("the offer's sdp has no m= line; add a video transceiver before creating the offer")
+    _check_transport_lines(parsed)
     if not any(m.kind == "video" and m.direction in _RECEIVING for m in parsed.media):
         raise SignalingError(
             "the offer does not receive video: add a transceiver with addTransceiver('video', "
@@ -74,12 +78,44 @@ def _parse_offer(sdp: object, sdp_type: object, policy: IcePolicy) -> aiortc_sdp
             "(iceGatheringState 'complete'), this server does not take trickled candidates"
         )
     if not any(policy.allows_remote(host) for host in hosts):
+        reachable = ", ".join((*policy.allowed_addresses, *policy.remote_networks))
         raise SignalingError(
             f"none of the offer's ICE candidates ({', '.join(sorted(set(hosts)))}) is on an address this server "
-            f"may reach ({', '.join(policy.allowed_addresses)}); a browser on this machine needs "
-            "--allow-loopback-in-peer-connection"
+            f"may reach ({reachable}); a browser on this machine needs --allow-loopback-in-peer-connection, "
+            "a browser on another machine needs the server started with --ice-address (its LAN address) and "
+            "--ice-remote-network (the callers' network)"
         )
     return parsed
+
+
+def _check_transport_lines(parsed: aiortc_sdp.SessionDescription) -> None:
+    """Refuse offers whose transport lines aiortc would trip over (with an unhelpful error, or a failure in a
+    background task of the connection after the answer was sent): DTLS role and fingerprint, ICE credentials,
+    candidate ports, and BUNDLE groups that name sections the offer does not have."""
+    mids = {m.rtp.muxId for m in parsed.media}
+    for index, media in enumerate(parsed.media):
+        if media.kind not in ("audio", "video"):
+            continue
+        where = f"m={media.kind} section {index}"
+        if media.dtls is None:
+            raise SignalingError(f"the offer's {where} has no a=setup line (the DTLS role); send the offer the "
+                                 "browser made, unchanged")
+        if not media.dtls.fingerprints:
+            raise SignalingError(f"the offer's {where} has no a=fingerprint line; WebRTC needs DTLS: send the "
+                                 "offer the browser made, unchanged")
+        if not media.ice or not media.ice.usernameFragment or not media.ice.password:
+            raise SignalingError(f"the offer's {where} lacks a=ice-ufrag or a=ice-pwd; send the offer the "
+                                 "browser made, unchanged")
+        for candidate in media.ice_candidates:
+            if not 0 < candidate.port < 65536:
+                raise SignalingError(f"the offer's {where} has an ICE candidate on port {candidate.port}; "
+                                     "ports go from 1 to 65535")
+    for group in parsed.group:
+        if group.semantic == "BUNDLE":
+            unknown = [str(mid) for mid in group.items if mid not in mids]
+            if unknown:
+                raise SignalingError(f"the offer's a=group:BUNDLE names {', '.join(map(repr, unknown))}, which no "
+                                     "m= section has (a=mid); send the offer the browser made, unchanged")
 
 
 class AvatarPeer:
@@ -163,11 +199,13 @@ class AvatarPeer:
             self._end(f"offer refused: {exc}")
             await self.close()
             raise
-        except _AIORTC_ERRORS + (ValueError,) as exc:
-            self._end(f"offer refused: {exc}")
+        except Exception as exc:  # aiortc raises all sorts on SDP it did not expect (AttributeError, StopIteration...)
+            self._end(f"offer refused: {_describe(exc)}")
             await self.close()
-            raise SignalingError(f"the offer cannot be answered: {exc}") from None
-        except BaseException:
+            hint = str(exc) if isinstance(exc, _AIORTC_ERRORS) and str(exc) else _describe(exc)
+            raise SignalingError(f"the offer cannot be answered ({hint}); send the offer the browser made, "
+                                 "unchanged") from None
+        except BaseException:  # cancelled: release, and let the cancellation through
             await self.close()
             raise
         self._spawn(self._watch(), "watchdog")
@@ -213,7 +251,12 @@ class AvatarPeer:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self._tasks.clear()
-            await self._pc.close()  # stops the senders (their recv() is cancelled) and the sockets
+            try:
+                await self._pc.close()  # stops the senders (their recv() is cancelled) and the sockets
+            except Exception:  # a connection that a malformed offer left half built
+                logger.warning("closing the peer connection failed; stopping its transports one by one",
+                               exc_info=True)
+                await _stop_transports(self._pc)
         finally:
             try:
                 self._on_closed()
@@ -247,6 +290,23 @@ class AvatarPeer:
                 self._end(f"caller silent for {heard_s:.1f} s (vanished)")
                 return
             await asyncio.sleep(remaining)
+
+
+def _describe(exc: BaseException) -> str:
+    """``ValueError: message``, or the class name alone when there is no message."""
+    return f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
+
+
+async def _stop_transports(pc: RTCPeerConnection) -> None:
+    """Stop every DTLS and ICE transport of ``pc`` that exists, whatever state the connection is in."""
+    for transceiver in pc.getTransceivers():
+        with contextlib.suppress(Exception):
+            await transceiver.stop()
+        dtls = transceiver.receiver.transport
+        for transport in (dtls, getattr(dtls, "transport", None)):
+            if transport is not None:
+                with contextlib.suppress(Exception):
+                    await transport.stop()
 
 
 def _mono_int16(frame: av.AudioFrame) -> np.ndarray:

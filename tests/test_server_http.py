@@ -46,6 +46,7 @@ class FakeSession:
 
     def __init__(self, portrait: PortraitInfo) -> None:
         self.portrait = portrait
+        self.config = SimpleNamespace(fps=25.0)  # what the real WebRTC peer reads
         self.pushed: list[tuple[np.ndarray, int, int]] = []  # (samples, rate, segment id)
         self.calls: list[str] = []
         self.events: list[SessionEvent] = []

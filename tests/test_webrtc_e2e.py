@@ -273,6 +273,76 @@ async def test_answer_refuses_what_is_not_an_offer() -> None:
         await session.aclose()
 
 
+async def browser_like_offer(*, video: str = "recvonly") -> str:
+    """An offer as a browser makes it: video (``video`` direction) and a send-receive microphone."""
+    pc = RTCPeerConnection(rtc_configuration())
+    try:
+        pc.addTransceiver("video", direction=video)
+        pc.addTransceiver("audio", direction="sendrecv")
+        IceGuard(IcePolicy()).attach(pc)
+        await pc.setLocalDescription(await pc.createOffer())
+        return pc.localDescription.sdp
+    finally:
+        await pc.close()
+
+
+def _mangle(sdp: str, case: str) -> str:
+    lines = sdp.split("\r\n")
+    if case == "no a=setup":
+        lines = [line for line in lines if not line.startswith("a=setup:")]
+    elif case == "no rtx rtpmap":
+        lines = [line for line in lines if "rtx/90000" not in line]
+    elif case == "broken a=msid":
+        lines = [line.split(" ")[0] + " " if line.startswith("a=msid:") else line for line in lines]
+    elif case == "broken BUNDLE":
+        lines = ["a=group:BUNDLE x 1" if line.startswith("a=group:BUNDLE") else line for line in lines]
+    elif case == "no a=rtcp-mux":
+        lines = [line for line in lines if line != "a=rtcp-mux"]
+    elif case == "bad candidate port":
+        lines = [" ".join(f[:5] + ["99999999999"] + f[6:]) if (f := line.split(" "))[0].startswith("a=candidate")
+                 else line for line in lines]
+    return "\r\n".join(lines)
+
+
+@pytest.mark.asyncio
+async def test_mangled_offers_are_400_with_a_message_and_leave_nothing_behind(tmp_path: Path) -> None:
+    from tests.test_server_http import Fakes, fake_app
+
+    httpx = pytest.importorskip("httpx")
+    loop = asyncio.get_running_loop()
+    loop_errors: list[dict[str, object]] = []  # "Task exception was never retrieved" and the like
+    loop.set_exception_handler(lambda _, context: loop_errors.append(context))
+    fakes = Fakes()
+    app = fake_app(tmp_path, fakes)
+    manager = app.state.emote.manager
+    manager._build_peer = lambda session, on_closed: AvatarPeer(session, policy=IcePolicy(), on_closed=on_closed)
+    base = await browser_like_offer()
+    cases = {"no a=setup": "a=setup", "no rtx rtpmap": "a=rtpmap", "broken a=msid": "cannot be answered",
+             "broken BUNDLE": "BUNDLE", "no a=rtcp-mux": "RTCP mux", "bad candidate port": "port"}
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://emote") as client:
+            for case, words in cases.items():
+                mangled = _mangle(base, case)
+                assert mangled != base, case
+                response = await client.post("/offer", json={"sdp": mangled, "type": "offer"})
+                assert response.status_code == 400, (case, response.text)
+                assert words in response.json()["error"], (case, response.json())
+            assert (await client.get("/health")).json()["sessions"] == 0
+            ok = await client.post("/offer", json={"sdp": base, "type": "offer"})  # the unmangled one is fine
+            assert ok.status_code == 200, ok.text
+            assert (await client.delete(f"/sessions/{ok.json()['session_id']}")).status_code == 204
+        assert manager.count == 0 and len(fakes.sessions) == len(cases) + 1
+        assert all(s.closed for s in fakes.sessions)
+        for _ in range(5):
+            await asyncio.sleep(0.05)
+        left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+        assert not left, f"tasks left running: {left}"
+        assert not loop_errors, loop_errors
+    finally:
+        loop.set_exception_handler(None)
+        await app.state.emote.aclose()
+
+
 @pytest.mark.asyncio
 async def test_call_delivers_ordered_frames_at_25_fps_and_holds_still_in_silence() -> None:
     # No microphone: with one the session adds frames of its own (see test_callers_voice_...).
