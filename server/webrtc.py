@@ -4,8 +4,9 @@
 aiortc ``RTCPeerConnection`` under the ICE allow-list of :mod:`server.ice` (no STUN server, loopback by
 default), attaches the session's :class:`~server.tracks.AvatarVideoTrack` and
 :class:`~server.tracks.AvatarAudioTrack`, and feeds any audio the caller sends to
-``session.push_microphone`` (the lips follow a live voice). It answers once ICE gathering is complete
-(no trickle), so the answer carries its candidates.
+``session.push_microphone`` (the lips follow a live voice). It never receives video: a caller that offers
+its camera gets the avatar's video section answered ``sendonly``, so no frame of it is sent or decoded. It
+answers once ICE gathering is complete (no trickle), so the answer carries its candidates.
 
 A call ends one of four ways, and each releases the connection's tasks, tracks and sockets and calls
 ``on_closed`` exactly once: :meth:`AvatarPeer.close` (the server hangs up), the caller hanging up
@@ -189,7 +190,7 @@ class AvatarPeer:
                 RTCSessionDescription(sdp=self.policy.filter_remote_sdp(sdp), type="offer")
             )
             self.video_track = AvatarVideoTrack(self.session, fps=self.session.config.fps)
-            self._pc.addTrack(self.video_track)
+            self._send_video_only(offer)
             if any(m.kind == "audio" and m.direction in _RECEIVING for m in offer.media):
                 self.audio_track = AvatarAudioTrack(self.session)
                 self._pc.addTrack(self.audio_track)
@@ -211,6 +212,27 @@ class AvatarPeer:
         self._spawn(self._watch(), "watchdog")
         local = self._pc.localDescription
         return RTCSessionDescription(sdp=self.policy.filter_local_sdp(local.sdp), type=local.type)
+
+    def _send_video_only(self, offer: aiortc_sdp.SessionDescription) -> None:
+        """Send the avatar on the first video section the caller receives on, and receive no video at all.
+
+        A browser that offers its camera (``sendrecv``) would otherwise get it received and decoded into a
+        queue nobody reads: the avatar's video section is answered ``sendonly``, any other ``inactive``.
+        """
+        receiving = {m.rtp.muxId for m in offer.media if m.kind == "video" and m.direction in _RECEIVING}
+        chosen = None
+        for transceiver in self._pc.getTransceivers():
+            if transceiver.kind != "video":
+                continue
+            if chosen is None and transceiver.mid in receiving:
+                chosen = transceiver
+                transceiver.sender.replaceTrack(self.video_track)
+                transceiver.direction = "sendonly"
+            else:
+                transceiver.direction = "inactive"
+        if chosen is None:
+            raise SignalingError("the offer has no video section this server can send on; add a transceiver with "
+                                 "addTransceiver('video', {direction: 'recvonly'}) before creating the offer")
 
     async def close(self) -> None:
         """Hang up and release everything; idempotent (later calls wait for the first to finish)."""

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
-from aiortc import RTCPeerConnection
+from aiortc import MediaStreamTrack, RTCPeerConnection, VideoStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from model.baseline import BaselineGenerator
@@ -416,6 +417,61 @@ async def test_pushed_speech_is_heard_in_sync_with_the_lips() -> None:
         offset_ms = 1000 * (moving[0] - heard[0].arrival_s)
         print(f"\nfirst open mouth arrived {offset_ms:+.0f} ms after the first loud audio")
         assert abs(offset_ms) < 200
+
+
+class CountingCamera(VideoStreamTrack):
+    """A caller's camera that counts the frames its connection pulled to send."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames = 0
+
+    async def recv(self) -> av.VideoFrame:
+        self.frames += 1
+        return await super().recv()
+
+
+@pytest.mark.asyncio
+async def test_a_callers_camera_is_never_received() -> None:
+    session = AvatarSession(PaintingRenderer(), BaselineGenerator(), rest_expression(), speech_gate=False)
+    await session.start()
+    server = Recorder()
+    peer = AvatarPeer(session, policy=IcePolicy(), on_closed=server.on_closed)
+    camera = CountingCamera()
+    pc = RTCPeerConnection(rtc_configuration())
+    received: list[float] = []
+    a_second = asyncio.Event()
+
+    async def watch(track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                await track.recv()
+                received.append(time.monotonic())
+                if len(received) >= 25:
+                    a_second.set()
+
+    watchers: list[asyncio.Task[None]] = []
+    pc.on("track", lambda track: watchers.append(asyncio.ensure_future(watch(track))) if track.kind == "video"
+          else None)
+    try:
+        camera_transceiver = pc.addTransceiver(camera, direction="sendrecv")  # a browser with its camera on
+        pc.addTransceiver("audio", direction="recvonly")
+        IceGuard(IcePolicy()).attach(pc)
+        await pc.setLocalDescription(await pc.createOffer())
+        answer = await peer.answer(pc.localDescription.sdp, "offer")
+        video_section = answer.sdp.split("m=video", 1)[1].split("m=audio", 1)[0]
+        assert "a=sendonly" in video_section
+        await pc.setRemoteDescription(answer)
+        await asyncio.wait_for(a_second.wait(), 5)  # a second of the avatar arrives...
+        assert camera_transceiver.currentDirection == "recvonly"
+        assert camera.frames == 0  # ...and not one camera frame was sent to be decoded
+    finally:
+        for task in watchers:
+            task.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+        await pc.close()
+        await peer.close()
+        await session.aclose()
 
 
 @pytest.mark.asyncio
