@@ -19,8 +19,12 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from model.errors import DependencyError, EmoteError, InputError, MultipleFacesWarning
+
+if TYPE_CHECKING:
+    from server.config import ServerConfig
 
 DEMO_TEXT = (
     "Hello! I am Emote, a talking portrait. Give me one photo and some speech, "
@@ -95,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where uploaded portraits are kept (default $EMOTE_DATA_DIR or ~/.local/share/emote)")
     serve.add_argument("--ice-address", action="append", default=None, metavar="IP",
                        help="a local address WebRTC media may use; repeat for several (default 127.0.0.1 only)")
+    serve.add_argument("--ice-remote-network", action="append", default=None, metavar="CIDR",
+                       help="a network callers may call from, e.g. 192.168.1.0/24; repeat for several "
+                            "(default: none, only this machine's --ice-address)")
     return parser
 
 
@@ -136,11 +143,8 @@ def _demo(args: argparse.Namespace) -> None:
     print(f"open {Path(args.output).resolve()} to watch the demo")
 
 
-def _serve(args: argparse.Namespace) -> None:
-    import logging
-    import signal
-    import socket
-
+def serve_config(args: argparse.Namespace) -> ServerConfig:
+    """The server settings ``emote serve`` options ask for (checked: a bad one raises OptionError)."""
     from server.config import ServerConfig
 
     options: dict[str, object] = {"host": args.host, "port": args.port, "max_sessions": args.max_sessions}
@@ -150,7 +154,19 @@ def _serve(args: argparse.Namespace) -> None:
         options["data_dir"] = Path(args.data_dir)
     if args.ice_address:
         options["ice_addresses"] = tuple(args.ice_address)
+    if args.ice_remote_network:
+        options["ice_remote_networks"] = tuple(args.ice_remote_network)
     config = ServerConfig(**options)  # type: ignore[arg-type]
+    config.ice_policy()  # a wildcard or host name in --ice-address fails here, not at the first call
+    return config
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import logging
+    import signal
+    import socket
+
+    config = serve_config(args)
     try:  # the port first: a busy one fails at once
         family, kind, proto, _, address = socket.getaddrinfo(
             config.host, config.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]

@@ -12,8 +12,12 @@ import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from model.errors import OptionError
+
+if TYPE_CHECKING:
+    from server.ice import IcePolicy
 
 MIB = 1024 * 1024
 
@@ -38,6 +42,10 @@ class ServerConfig:
         max_say_chars: longest text for ``POST /sessions/{id}/say`` (about a minute of speech).
         ice_addresses: the only local addresses WebRTC media may use (see server/ice.py); loopback only
             by default, per ARCHITECTURE.md's networking rules. Add a LAN address to serve other machines.
+        ice_remote_networks: networks (CIDR, e.g. ``"192.168.1.0/24"``) whose callers' ICE candidates
+            and checks are accepted besides ``ice_addresses``; a LAN deployment names its LAN here, or
+            callers on other machines are refused ("none of the offer's ICE candidates ..."). Empty by
+            default: only this machine may call.
         data_dir: uploaded portraits go to ``data_dir / "portraits"``.
         fps: video frame rate of every session.
         size: side in pixels of the square video around the face.
@@ -53,6 +61,7 @@ class ServerConfig:
     max_upload_bytes: int = 10 * MIB
     max_say_chars: int = 1000
     ice_addresses: tuple[str, ...] = ("127.0.0.1",)
+    ice_remote_networks: tuple[str, ...] = ()
     data_dir: Path = field(default_factory=default_data_dir)
     fps: float = 25.0
     size: int = 512
@@ -83,10 +92,26 @@ class ServerConfig:
                 raise OptionError(
                     f"ice_addresses: {address!r} is not an IP address; give addresses such as '127.0.0.1'"
                 ) from None
+        if isinstance(self.ice_remote_networks, str):
+            raise OptionError(f"ice_remote_networks must be a tuple of networks in CIDR form such as "
+                              f"'192.168.1.0/24', got the string {self.ice_remote_networks!r}")
+        for network in self.ice_remote_networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except (ValueError, TypeError):
+                raise OptionError(f"ice_remote_networks: {network!r} is not a network; give CIDR networks such "
+                                  "as '192.168.1.0/24'") from None
         if self.portrait is not None:
             object.__setattr__(self, "portrait", Path(self.portrait))
         object.__setattr__(self, "data_dir", Path(self.data_dir))
         object.__setattr__(self, "ice_addresses", tuple(self.ice_addresses))
+        object.__setattr__(self, "ice_remote_networks", tuple(self.ice_remote_networks))
+
+    def ice_policy(self) -> IcePolicy:
+        """The ICE allow-list every call of this server runs under."""
+        from server.ice import IcePolicy
+
+        return IcePolicy(allowed_addresses=self.ice_addresses, remote_networks=self.ice_remote_networks)
 
     @property
     def upload_dir(self) -> Path:

@@ -350,10 +350,9 @@ class SessionManager:
         return await asyncio.get_running_loop().run_in_executor(self._prepare_executor, build)
 
     def _real_peer(self, session: AvatarSession, on_closed: Callable[[], None]) -> AvatarPeer:
-        from server.ice import IcePolicy
         from server.webrtc import AvatarPeer
 
-        return AvatarPeer(session, policy=IcePolicy(allowed_addresses=self.config.ice_addresses), on_closed=on_closed)
+        return AvatarPeer(session, policy=self.config.ice_policy(), on_closed=on_closed)
 
 
 def session_summary(managed: ManagedSession) -> dict[str, Any]:

@@ -160,3 +160,23 @@ async def test_a_portrait_without_a_face_or_a_busy_port_is_a_one_line_error(tmp_
         process, log = await run_cli(tmp_path, "--port", port)
         assert await asyncio.wait_for(process.wait(), STARTUP_TIMEOUT_S) == 2
     assert f"cannot listen on 127.0.0.1:{port}" in log.read_text()
+
+
+def test_lan_options_reach_the_ice_policy() -> None:
+    from model.errors import OptionError
+    from server.cli import build_parser, serve_config
+
+    args = build_parser().parse_args([
+        "serve", "--host", "192.168.1.10", "--ice-address", "192.168.1.10",
+        "--ice-remote-network", "192.168.1.0/24", "--ice-remote-network", "fd00::/8"])
+    config = serve_config(args)
+    assert config.ice_remote_networks == ("192.168.1.0/24", "fd00::/8")
+    policy = config.ice_policy()
+    assert policy.allowed_addresses == ("192.168.1.10",)
+    assert policy.allows_remote("192.168.1.77") and policy.allows_remote("fd00::5")
+    assert not policy.allows_remote("10.0.0.3")
+    default = serve_config(build_parser().parse_args(["serve"])).ice_policy()
+    assert default.allowed_addresses == ("127.0.0.1",) and not default.allows_remote("192.168.1.77")
+    for bad in (["--ice-remote-network", "the-lan"], ["--ice-address", "0.0.0.0"]):
+        with pytest.raises(OptionError):
+            serve_config(build_parser().parse_args(["serve", *bad]))

@@ -254,11 +254,29 @@ def _refs(node: Any) -> list[str]:
     ({"fps": 0}, "fps"),
     ({"ice_addresses": "127.0.0.1"}, "ice_addresses"),
     ({"ice_addresses": ("localhost",)}, "ice_addresses"),
+    ({"ice_remote_networks": "192.168.1.0/24"}, "ice_remote_networks"),
+    ({"ice_remote_networks": ("the-lan",)}, "ice_remote_networks"),
     ({"host": ""}, "host"),
 ])
 def test_config_refuses_nonsense_naming_the_field(options: dict[str, Any], field: str) -> None:
     with pytest.raises(OptionError, match=field):
         ServerConfig(**options)
+
+
+@pytest.mark.asyncio
+async def test_real_peers_get_the_configured_ice_policy(tmp_path: Path) -> None:
+    fakes = Fakes()
+    config = ServerConfig(data_dir=tmp_path / "data", ice_addresses=("192.168.1.10",),
+                          ice_remote_networks=("192.168.1.0/24",))
+    app = create_app(config, build_session=fakes.session)  # type: ignore[arg-type]
+    manager = app.state.emote.manager
+    peer = manager._build_peer(await fakes.session(manager.portraits.default), lambda: None)
+    try:
+        assert peer.policy == config.ice_policy()
+        assert peer.policy.allows_remote("192.168.1.77") and not peer.policy.allows_remote("10.1.2.3")
+    finally:
+        await peer.close()
+        await app.state.emote.aclose()
 
 
 # -- offers and session lifetimes -------------------------------------------------------------------
