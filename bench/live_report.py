@@ -190,7 +190,9 @@ def live_section(res: Any) -> str:
               "- Callers: one process each (`python -m bench.live_client`), the tests' aiortc peer "
               "(`tests/_rtc_client.py`) calling `POST /offer`: receives video and audio (decoding both), and in the "
               "microphone phases sends speech as its microphone in real-time 20 ms Opus packets. The callers share "
-              "the server's 2 cores, as a browser on the same machine would.",
+              "the server's 2 cores, as a browser on the same machine would. The last phase runs its callers at "
+              "`nice 19`, so that the server gets the cores first (closer to callers on other machines); it is "
+              "shown for diagnosis and not counted for the targets.",
               f"- Speech: sentences of the benchmark story (`bench.speech`) spoken by espeak-ng, with 0.4–1.1 s pauses "
               f"between them ({res.speech_s:.0f} s in all, repeated as needed). In the agent phase the caller sends no "
               "microphone; the same sentences go over `WS /sessions/{id}/audio` in 20 ms messages at real-time pace, "
