@@ -164,7 +164,12 @@ def _av(res: Any) -> list[str]:
             "the square root of each 20 ms frame's RMS. Each frame is placed at the middle of the interval it is "
             "shown or heard from its arrival; the offset is the lag of best Pearson correlation within ±300 ms "
             "(5 ms steps, refined by a parabola). The generator moves the lips 50 ms ahead of their sound, and its "
-            "mouth spring lags, so the content itself is only a little ahead of the audio."]
+            "mouth spring lags, so the content itself is only a little ahead of the audio. The receiving peer here "
+            "is aiortc, whose jitter buffers hand out an audio frame once 4 later ones have arrived (about 80 ms) "
+            "and a video frame once the next one starts (about 40 ms): that difference, less VP8's longer encode "
+            "and decode, is what transport adds; a browser's adaptive jitter buffer and A/V sync behave "
+            "differently. The same 80 ms audio hold applies to the caller's microphone in the server before "
+            "`push_microphone`, outside the session latency above."]
 
 
 def live_section(res: Any) -> str:
