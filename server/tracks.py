@@ -6,6 +6,10 @@ audio chunk *k* at ``start + k * 20 ms``) and never stalls (a late frame repeats
 tracks only convert: the session's index becomes the presentation timestamp, which keeps the RTP clocks of
 video and audio on the session's one timeline (a skipped period shows up as a gap, not a drift). When the
 session closes, ``recv()`` raises aiortc's ``MediaStreamError``, which ends the sender cleanly.
+
+Video frames are handed over already in I420 (yuv420p), converted with OpenCV: the encoder would
+otherwise convert the RGB frame through libswscale, which costs about 2 ms of CPU per 512x512 frame
+here against 0.2 ms for OpenCV's conversion (measured; the two agree to a mean of 0.2 grey levels).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import fractions
 from typing import Protocol
 
 import av
+import cv2
+import numpy as np
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
@@ -39,7 +45,7 @@ class AudioSource(Protocol):
 
 
 class AvatarVideoTrack(MediaStreamTrack):
-    """The avatar's video: one ``av.VideoFrame`` (rgb24) per session frame, stamped in 1/90000 s.
+    """The avatar's video: one ``av.VideoFrame`` (yuv420p) per session frame, stamped in 1/90000 s.
 
     Args:
         session: the frame source.
@@ -54,6 +60,8 @@ class AvatarVideoTrack(MediaStreamTrack):
         self._ticks_per_frame = VIDEO_CLOCK_RATE / fps
         self.frames_sent = 0
         self.late_frames = 0
+        self._last_rgb: np.ndarray | None = None
+        self._last_i420 = np.zeros((0, 0), np.uint8)
 
     async def recv(self) -> av.VideoFrame:
         try:
@@ -61,7 +69,10 @@ class AvatarVideoTrack(MediaStreamTrack):
         except SessionClosed:
             self.stop()
             raise MediaStreamError("the avatar session ended") from None
-        frame = av.VideoFrame.from_ndarray(out.image, format="rgb24")
+        if out.image is not self._last_rgb:  # a late frame repeats the last image: convert it once
+            self._last_rgb = out.image
+            self._last_i420 = cv2.cvtColor(out.image, cv2.COLOR_RGB2YUV_I420)
+        frame = av.VideoFrame.from_ndarray(self._last_i420, format="yuv420p")
         frame.pts = int(round(out.index * self._ticks_per_frame))
         frame.time_base = _VIDEO_TIME_BASE
         self.frames_sent += 1
