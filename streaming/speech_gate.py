@@ -10,7 +10,7 @@ below ``close_threshold`` for ``hangover_ms``, so short pauses inside a
 sentence keep their natural lip closures instead of snapping shut. Samples
 while the gate is closed become exact zeros: the idle motion takes over and
 the lips rest. Deciding costs one model call per 32 ms (about 1.5 ms of one
-core here). Each session owns one gate: the model carries recurrent state.
+core here), skipped for near-silent chunks. Each session owns one gate: the model carries recurrent state.
 """
 
 from __future__ import annotations
@@ -36,11 +36,14 @@ class GateConfig:
         close_threshold: the gate closes only below this (hysteresis against flicker).
         hangover_ms: how long the probability must stay low before the gate closes
             (longer than the pauses between words, shorter than between sentences).
+        silence_dbfs: chunks quieter than this (RMS, dB re full scale) count as silence without
+            calling the model (a muted or idle microphone costs nothing); far below any voice.
     """
 
     open_threshold: float = 0.5
     close_threshold: float = 0.35
     hangover_ms: float = 200.0
+    silence_dbfs: float = -60.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.close_threshold <= self.open_threshold < 1.0:
@@ -50,6 +53,8 @@ class GateConfig:
             )
         if self.hangover_ms < 0:
             raise ValueError(f"GateConfig.hangover_ms={self.hangover_ms}: must be >= 0")
+        if not -120.0 <= self.silence_dbfs <= -20.0:
+            raise ValueError(f"GateConfig.silence_dbfs={self.silence_dbfs}: use -120 to -20 dB")
 
 
 def load_vad_model() -> Any:
@@ -78,6 +83,7 @@ class SpeechGate:
     def __init__(self, config: GateConfig | None = None, model: Any = None) -> None:
         self.config = config or GateConfig()
         self._model = model if model is not None else load_vad_model()
+        self._floor = 10.0 ** (self.config.silence_dbfs / 20.0)
         self._pending = np.zeros(0, np.float32)
         self._low_samples = 0
         self.is_open = False
@@ -112,8 +118,11 @@ class SpeechGate:
         done = 0  # samples of x already decided
         while len(self._pending) >= CHUNK:
             chunk, self._pending = self._pending[:CHUNK], self._pending[CHUNK:]
-            with torch.inference_mode():
-                self.probability = float(self._model(torch.from_numpy(chunk.copy()), SAMPLE_RATE))
+            if float(np.sqrt(np.mean(chunk * chunk))) < self._floor:
+                self.probability = 0.0  # digital silence or close to it: not worth a model call
+            else:
+                with torch.inference_mode():
+                    self.probability = float(self._model(torch.from_numpy(chunk.copy()), SAMPLE_RATE))
             self._update(self.probability)
             upto = max(0, len(x) - len(self._pending))  # x's samples up to the end of this chunk
             if self.is_open:

@@ -284,3 +284,23 @@ def test_config_validation_names_the_field(kwargs: dict[str, float], message: st
 def test_config_accepts_the_edges() -> None:
     GateConfig(open_threshold=0.5, close_threshold=0.5, hangover_ms=0.0)  # no hysteresis, no hangover: allowed
     GateConfig(open_threshold=0.999, close_threshold=0.001)
+
+
+def test_near_silent_chunks_skip_the_model() -> None:
+    class CountingModel:
+        calls = 0
+
+        def __call__(self, chunk: object, rate: int) -> float:
+            CountingModel.calls += 1
+            return 0.9
+
+        def reset_states(self) -> None:
+            pass
+
+    gate = SpeechGate(model=CountingModel())
+    quiet = np.full(512 * 10, 10 ** (-70 / 20), np.float32)  # -70 dBFS
+    assert not gate.process(quiet).any() and CountingModel.calls == 0
+    loud = np.full(512 * 2, 0.1, np.float32)
+    assert gate.process(loud).any() and CountingModel.calls == 2
+    with pytest.raises(ValueError, match="silence_dbfs"):
+        GateConfig(silence_dbfs=0.0)
