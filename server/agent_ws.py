@@ -20,14 +20,23 @@ Server → client: ``{"type": "started", "session_id", "sample_rate"}`` once the
 accepted; ``{"type": "playback_started", "segment_id"}``; ``{"type": "playback_finished",
 "segment_id", "position_s", "interrupted"}``; ``{"type": "error", "error"}``.
 
-Queues: received audio waits in a queue of at most :data:`AUDIO_QUEUE_MESSAGES` messages of at
-most :data:`MAX_AUDIO_MESSAGE_BYTES` each; when it is full the socket is not read (back-pressure
-through TCP), and it fills when the session already holds its maximum of queued speech. Control
-messages are acted on as they are read, ahead of queued audio. Outgoing events wait in a queue of
-:data:`OUTBOX_MESSAGES`; a client that does not read them is disconnected (1008). One agent per
-session at a time (a second gets 409). When the agent disconnects, audio it sent that was not yet
-handed to the session is dropped and the open segment is ended; when the session ends, the socket
-closes with 1001.
+Queues and the clear policy. A ``clear`` arrives on the same TCP stream as the audio sent before it,
+so it can be acted on only once that audio has been read. The socket is therefore read as fast as
+messages arrive, and what is read waits in a local read-ahead buffer until the session has room (the
+session holds about 20 s of speech). Control messages are acted on the moment they are read, ahead of
+the buffered audio: a ``clear`` drops the buffer, the audio the session holds and the audio a push
+was waiting to hand over, all at once. The buffer holds up to :data:`READ_AHEAD_S` seconds of audio
+at the declared rate (at most ~5.5 MiB, at 48 kHz) or :data:`MAX_READ_AHEAD_MESSAGES` messages; only
+beyond that does the server stop reading (back-pressure through TCP). So an agent up to about 20 s +
+:data:`READ_AHEAD_S` ahead of playback is never slowed down and its ``clear`` takes effect within a
+frame; an agent further ahead is slowed to playback speed, and a ``clear`` it sends then waits until
+playback has made room for the audio it sent before it. An HTTP ``POST /sessions/{id}/clear`` drops
+this socket's buffer too (audio still in transit at that moment plays afterwards: an agent that
+interrupts itself should send its ``clear`` on the socket). Each message is at most
+:data:`MAX_AUDIO_MESSAGE_BYTES`. Outgoing events wait in a queue of :data:`OUTBOX_MESSAGES`; a client
+that does not read them is disconnected (1008). One agent per session at a time (a second gets 409).
+When the agent disconnects, audio it sent that was not yet handed to the session is dropped and the
+open segment is ended; when the session ends, the socket closes with 1001.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -43,12 +53,21 @@ from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server.sessions import ManagedSession, SessionManager, UnknownSessionError
-from streaming.session import PlaybackFinished, PlaybackStarted, SessionClosed, SessionEvent
+from streaming.session import (
+    PlaybackFinished,
+    PlaybackStarted,
+    SessionClosed,
+    SessionEvent,
+    SessionFailed,
+    SpeechCleared,
+)
 
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 48000
 START_TIMEOUT_S = 10.0
 MAX_AUDIO_MESSAGE_BYTES = 1024 * 1024  # ~11 s at 48 kHz
-AUDIO_QUEUE_MESSAGES = 8
+#: Seconds of audio (at the declared rate) read ahead of what the session holds, before reading stops.
+READ_AHEAD_S = 60.0
+MAX_READ_AHEAD_MESSAGES = 4096
 OUTBOX_MESSAGES = 256
 _START_HINT = 'send {"type": "start", "sample_rate": N} first, N from 8000 to 48000'
 
@@ -111,7 +130,13 @@ class _AgentConnection:
         self.ws = websocket
         self.managed = managed
         self.sample_rate = 0
-        self.audio: asyncio.Queue[np.ndarray | object] = asyncio.Queue(AUDIO_QUEUE_MESSAGES)
+        self.pending: deque[np.ndarray | object] = deque()  # read ahead: audio arrays and _END markers
+        self.pending_samples = 0
+        self.room = asyncio.Event()  # the read-ahead buffer is below its bound
+        self.room.set()
+        self.arrived = asyncio.Event()  # something was added to the buffer
+        self.pusher: asyncio.Task[None] | None = None
+        self.pushers: set[asyncio.Task[None]] = set()  # the current one, and cancelled ones still ending
         self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(OUTBOX_MESSAGES)
         self.overflow = asyncio.Event()
         self.client_gone = False
@@ -124,8 +149,8 @@ class _AgentConnection:
         self.sample_rate = rate
         self.outbox.put_nowait({"type": "started", "session_id": self.managed.id, "sample_rate": rate})
         unsubscribe = self.managed.subscribe(self._on_event)
+        unhook = self.managed.on_clear(self._drop_pending)
         sender = asyncio.create_task(self._send_loop(), name="agent-send")
-        self.pusher = asyncio.create_task(self._push_loop(), name="agent-push")
         reader = asyncio.create_task(self._read_loop(), name="agent-read")
         ended = asyncio.create_task(self.managed.closed.wait(), name="agent-session-ended")
         overflow = asyncio.create_task(self.overflow.wait(), name="agent-overflow")
@@ -140,9 +165,12 @@ class _AgentConnection:
                 raise reader.exception()  # type: ignore[misc]
         finally:
             unsubscribe()
-            for task in (reader, ended, overflow, self.pusher):
+            unhook()
+            tasks = [reader, ended, overflow, *self.pushers]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(reader, ended, overflow, self.pusher, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.pending.clear()
             if self.segment_open and not self.managed.closed.is_set():
                 self.managed.session.end_of_speech()  # the agent is gone: its open segment is complete
             if close is not None and not self.client_gone:
@@ -189,7 +217,10 @@ class _AgentConnection:
             await self.ws.close(code, message[:120])
 
     def _on_event(self, event: SessionEvent) -> None:
-        self._post(event_message(event))
+        if isinstance(event, PlaybackStarted | PlaybackFinished):
+            self._post(event_message(event))
+        elif isinstance(event, SessionFailed):
+            self._post({"type": "error", "error": "the avatar session failed and is being closed"})
 
     def _post(self, message: dict[str, Any]) -> None:
         try:
@@ -208,16 +239,23 @@ class _AgentConnection:
 
     async def _read_loop(self) -> None:
         while True:
+            while self._full():  # back-pressure: stop reading until the session has taken some
+                self.room.clear()
+                await self.room.wait()
             message = await self.ws.receive()
             if message["type"] == "websocket.disconnect":
                 self.client_gone = True
                 return
             if (payload := message.get("bytes")) is not None:
-                await self._on_audio(payload)
+                self._on_audio(payload)
             elif (text := message.get("text")) is not None:
                 await self._on_control(text)
 
-    async def _on_audio(self, payload: bytes) -> None:
+    def _full(self) -> bool:
+        return (self.pending_samples >= READ_AHEAD_S * self.sample_rate
+                or len(self.pending) >= MAX_READ_AHEAD_MESSAGES)
+
+    def _on_audio(self, payload: bytes) -> None:
         if len(payload) % 2:
             self._post({"type": "error", "error": f"an audio message had {len(payload)} bytes, an odd number; "
                                                   "send whole 16-bit samples (PCM16 little-endian mono)"})
@@ -227,44 +265,67 @@ class _AgentConnection:
                                                   f"send at most {MAX_AUDIO_MESSAGE_BYTES} per message"})
             return
         if payload:
-            await self.audio.put(np.frombuffer(payload, "<i2"))
+            samples = np.frombuffer(payload, "<i2")
+            self.pending.append(samples)
+            self.pending_samples += len(samples)
+            self._wake_pusher()
 
     async def _on_control(self, text: str) -> None:
         try:
             data = json.loads(text)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             self._post({"type": "error", "error": "a text message is not valid JSON; send "
                                                   '{"type": "clear"} or {"type": "end_of_speech"}'})
             return
         kind = data.get("type") if isinstance(data, dict) else None
         if kind == "end_of_speech":
-            await self.audio.put(_END)
+            if not self.pending or self.pending[-1] is not _END:  # two in a row are one
+                self.pending.append(_END)  # after the audio sent before it
+                self._wake_pusher()
         elif kind == "clear":
-            await self._clear()
+            await self.managed.clear()  # drops this socket's read-ahead too (_drop_pending)
         elif kind == "start":
             self._post({"type": "error", "error": "the stream has already started; reconnect to change the rate"})
         else:
             self._post({"type": "error", "error": f"unknown message type {kind!r}; expected 'clear' or "
                                                   "'end_of_speech' (audio goes in binary messages)"})
 
-    async def _clear(self) -> None:
-        """Drop what this socket holds, then the session's queued speech, then carry on pushing."""
-        self.pusher.cancel()
-        await asyncio.gather(self.pusher, return_exceptions=True)
-        while not self.audio.empty():
-            self.audio.get_nowait()
-        await self.managed.clear()
+    def _drop_pending(self) -> None:
+        """The session's clear hook (an agent's clear or ``POST /sessions/{id}/clear``): drop what this socket
+        read ahead and stop the push in progress, now (the session's own ``clear`` follows at once)."""
+        if self.pusher is not None:
+            self.pusher.cancel()  # it never runs again past the push it was waiting in
+            self.pusher = None
+        self.pending.clear()
+        self.pending_samples = 0
         self.segment_open = False
-        self.pusher = asyncio.create_task(self._push_loop(), name="agent-push")
+        self.room.set()
+
+    def _wake_pusher(self) -> None:
+        self.arrived.set()
+        if self.pusher is None:
+            self.pusher = asyncio.create_task(self._push_loop(), name="agent-push")
+            self.pushers.add(self.pusher)
+            self.pusher.add_done_callback(self.pushers.discard)
 
     async def _push_loop(self) -> None:
+        """Hand the read-ahead to the session in order; the session's back-pressure paces it."""
         session = self.managed.session
         with contextlib.suppress(SessionClosed):
             while True:
-                item = await self.audio.get()
+                while not self.pending:
+                    self.arrived.clear()
+                    await self.arrived.wait()
+                item = self.pending.popleft()
                 if item is _END:
                     session.end_of_speech()
                     self.segment_open = False
-                else:
+                    continue
+                self.pending_samples -= len(item)  # type: ignore[arg-type]
+                if not self._full():
+                    self.room.set()
+                try:
                     await session.push_speech(item, self.sample_rate)  # type: ignore[arg-type]
-                    self.segment_open = True
+                except SpeechCleared:
+                    continue  # cleared while it waited for room: it belonged to the interrupted turn
+                self.segment_open = True

@@ -31,7 +31,7 @@ from model.baseline import BaselineGenerator
 from server.config import ServerConfig
 from server.portraits import PortraitInfo, PortraitStore
 from streaming.offline import prepare_portrait
-from streaming.session import AvatarSession, SessionClosed, SessionConfig, SessionEvent
+from streaming.session import AvatarSession, SessionClosed, SessionConfig, SessionEvent, SpeechCleared
 from streaming.speech_gate import SpeechGate
 
 if TYPE_CHECKING:
@@ -90,6 +90,7 @@ class ManagedSession:
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     agent_connected: bool = False
     _listeners: list[Callable[[SessionEvent], None]] = field(default_factory=list)
+    _clear_hooks: list[Callable[[], None]] = field(default_factory=list)
     _say_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _speech_tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _sinks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -100,6 +101,12 @@ class ManagedSession:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
+    def on_clear(self, hook: Callable[[], None]) -> Callable[[], None]:
+        """Call ``hook`` (synchronously, on the event loop) at every :meth:`clear`, just before the session's own
+        clear: whoever feeds the session speech drops what it holds there. Returns the unregister function."""
+        self._clear_hooks.append(hook)
+        return lambda: self._clear_hooks.remove(hook) if hook in self._clear_hooks else None
+
     def _dispatch(self, event: SessionEvent) -> None:
         for listener in list(self._listeners):
             try:
@@ -107,7 +114,7 @@ class ManagedSession:
             except Exception:  # one broken subscriber must not silence the others
                 log.exception("session %s: event listener failed", self.id)
 
-    async def say(self, samples: np.ndarray, sample_rate: int) -> int:
+    async def say(self, samples: np.ndarray, sample_rate: int) -> int | None:
         """Queue synthesized speech as one segment; returns its id once the first piece is queued.
 
         The rest is pushed by a task the session owns (cancelled by :meth:`clear` and on close), so
@@ -117,7 +124,11 @@ class ManagedSession:
         piece = max(1, int(sample_rate * SAY_PIECE_S))
         await self._say_lock.acquire()
         try:
-            segment_id = await self.session.push_speech(samples[:piece], sample_rate)
+            try:
+                segment_id = await self.session.push_speech(samples[:piece], sample_rate)
+            except SpeechCleared:  # a clear came while the text waited for room: it is not said
+                self._say_lock.release()
+                return None
             if len(samples) <= piece:
                 self.session.end_of_speech()
                 self._say_lock.release()
@@ -134,15 +145,27 @@ class ManagedSession:
         return segment_id
 
     async def _push_rest(self, samples: np.ndarray, sample_rate: int, piece: int) -> None:
-        with contextlib.suppress(SessionClosed):
+        with contextlib.suppress(SessionClosed, SpeechCleared):  # cleared: the rest of the text is dropped
             for start in range(0, len(samples), piece):
                 await self.session.push_speech(samples[start : start + piece], sample_rate)
             self.session.end_of_speech()
 
     async def clear(self) -> None:
-        """Interrupt: stop pushing text speech, then drop everything queued (the core's ``clear``)."""
-        await self._cancel_speech()
+        """Interrupt, at once: text speech stops being pushed, every feeder drops what it holds (the agent
+        socket's read-ahead, see :meth:`on_clear`), then the session drops what it queued.
+
+        All of it happens in one step of the event loop, so no audio can slip in between.
+        """
+        tasks = list(self._speech_tasks)
+        for task in tasks:
+            task.cancel()
+        for hook in list(self._clear_hooks):
+            try:
+                hook()
+            except Exception:
+                log.exception("session %s: a clear hook failed", self.id)
         self.session.clear()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _cancel_speech(self) -> None:
         tasks = list(self._speech_tasks)

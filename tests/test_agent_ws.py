@@ -170,6 +170,112 @@ async def test_clear_mid_utterance_drops_what_has_not_played(tmp_path: Path) -> 
         assert session.calls.count("clear") == 1
 
 
+async def clear_via(how: str, ws: ClientConnection, http_base: str, session_id: str) -> None:
+    if how == "socket":
+        await ws.send(json.dumps({"type": "clear"}))
+    else:
+        import httpx
+
+        async with httpx.AsyncClient(base_url=http_base) as http:
+            assert (await http.post(f"/sessions/{session_id}/clear")).status_code == 204
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("how", ["socket", "http"])
+async def test_clear_behind_30_s_of_audio_acts_at_once_and_nothing_cancelled_plays_later(
+    tmp_path: Path, how: str
+) -> None:
+    fakes = Fakes()
+    app = fake_app(tmp_path, fakes)
+    async with serving(app) as url:
+        managed = await app.state.emote.manager.create_session()
+        session = fakes.sessions[0]
+        session.allow(200)  # the session takes 20 s of the 30 s, then holds
+        async with connect(f"{url}/sessions/{managed.id}/audio") as ws:
+            await start(ws)
+            chunks = [tone(0.1, seed=k) for k in range(300)]
+            for chunk in chunks:  # 30 s at once, much faster than real time
+                await ws.send(pcm16(chunk))
+            assert await receive_json(ws) == {"type": "playback_started", "segment_id": 1}
+            await asyncio.wait_for(session.waiting.wait(), 2.0)
+            loop = asyncio.get_running_loop()
+            cleared_at = loop.time()
+            await clear_via(how, ws, url.replace("ws://", "http://"), managed.id)
+            finished = await receive_json(ws, 0.5)
+            assert finished == {"type": "playback_finished", "segment_id": 1, "position_s": 0.0, "interrupted": True}
+            assert loop.time() - cleared_at < 0.5
+            session.allow()
+            after = tone(0.3, seed=999)
+            await ws.send(pcm16(after))
+            await ws.send(json.dumps({"type": "end_of_speech"}))
+            assert await receive_json(ws) == {"type": "playback_started", "segment_id": 2}
+            assert (await receive_json(ws))["segment_id"] == 2
+            # The 20 s the session had taken, then only the new audio: none of the 10 s read ahead.
+            np.testing.assert_array_equal(session.samples_of(1), np.concatenate(chunks[:200]))
+            np.testing.assert_array_equal(session.samples_of(2), after)
+            assert {seg for _, _, seg in session.pushed} == {1, 2}
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("how", ["socket", "http"])
+async def test_real_session_clear_behind_30_s_of_audio(tmp_path: Path, how: str) -> None:
+    app = create_app(ServerConfig(data_dir=tmp_path / "data", size=128))
+    rate = 16000
+    noise = tone(30.0, rate)
+    async with serving(app) as url:
+        managed = await app.state.emote.manager.create_session()
+        async with connect(f"{url}/sessions/{managed.id}/audio") as ws:
+            await start(ws, rate)
+            for k in range(0, len(noise), rate // 10):
+                await ws.send(pcm16(noise[k : k + rate // 10]))
+            assert await receive_json(ws) == {"type": "playback_started", "segment_id": 1}
+            await asyncio.sleep(0.5)
+            loop = asyncio.get_running_loop()
+            cleared_at = loop.time()
+            await clear_via(how, ws, url.replace("ws://", "http://"), managed.id)
+            finished = await receive_json(ws, 0.5)
+            took_s = loop.time() - cleared_at
+            assert finished["type"] == "playback_finished" and finished["interrupted"], finished
+            assert took_s < 0.5 and managed.session.stats().queued_speech_s == 0.0
+            after = tone(0.4, rate, seed=5)
+            await ws.send(pcm16(after))
+            await ws.send(json.dumps({"type": "end_of_speech"}))
+            assert await receive_json(ws) == {"type": "playback_started", "segment_id": 2}
+            second = await receive_json(ws, 3.0)
+            assert second["segment_id"] == 2 and not second["interrupted"]
+            assert second["position_s"] == pytest.approx(0.4, abs=0.05)  # only the new audio played
+            print(f"\n{how} clear acted on after {took_s * 1000:.0f} ms")
+
+
+@pytest.mark.asyncio
+async def test_reading_stops_when_the_read_ahead_is_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from server import agent_ws
+
+    monkeypatch.setattr(agent_ws, "READ_AHEAD_S", 0.5)
+    held: list[int] = []  # samples read ahead after each audio message read
+    on_audio = agent_ws._AgentConnection._on_audio
+
+    def recording(self: Any, payload: bytes) -> None:
+        on_audio(self, payload)
+        held.append(self.pending_samples)
+
+    monkeypatch.setattr(agent_ws._AgentConnection, "_on_audio", recording)
+    async with fake_server(tmp_path) as (url, _, session), connect(url) as ws:
+        await start(ws)
+        session.allow(2)  # the session takes 0.2 s, then is "full"
+        chunks = [tone(0.1, seed=k) for k in range(30)]
+        for chunk in chunks:
+            await ws.send(pcm16(chunk))
+        await asyncio.wait_for(session.waiting.wait(), 2.0)
+        await asyncio.sleep(0.3)
+        assert max(held) <= 0.5 * 16000 and len(held) <= 2 + 1 + 5  # taken, in the push, read ahead
+        session.allow()  # playback made room: the rest is read and pushed, in order
+        await ws.send(json.dumps({"type": "end_of_speech"}))
+        assert (await receive_json(ws))["type"] == "playback_started"
+        assert (await receive_json(ws))["type"] == "playback_finished"
+        np.testing.assert_array_equal(session.samples_of(1), np.concatenate(chunks))
+
+
 @pytest.mark.asyncio
 async def test_one_agent_at_a_time_and_a_gone_agent_ends_its_segment(tmp_path: Path) -> None:
     async with fake_server(tmp_path) as (url, managed, session):
