@@ -7,6 +7,7 @@ errors they raise to JSON ``{"error": message}`` responses::
     InputError (malformed JSON, SDP, fields)  400      UnknownSessionError, UnknownPortraitError  404
     PortraitError (no face, not an image)     422      body over its limit                        413
     TooManySessionsError                      503 + Retry-After
+    SayQueueFullError                         429 + Retry-After
     DependencyError (TTS not installed)       501
 
 Blocking work never runs on the event loop: rendering on a shared pool of ``render_threads``,
@@ -18,6 +19,7 @@ tests that drive the app without a lifespan call ``app.state.emote.aclose()`` th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -45,6 +48,7 @@ from server.config import ServerConfig
 from server.portraits import PortraitStore, UnknownPortraitError
 from server.sessions import (
     PeerBuilder,
+    SayQueueFullError,
     SessionBuilder,
     SessionManager,
     TooManySessionsError,
@@ -60,6 +64,8 @@ MAX_JSON_BYTES = 256 * 1024
 #: Room for the multipart boundaries and part headers around an upload of the largest allowed size.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 DEFAULT_VOICE = "en-us"
+#: How long /say waits for a text with nothing ahead of it to start, to answer with its segment id.
+SAY_START_WAIT_S = 0.5
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +148,7 @@ def create_app(
             UnknownSessionError: _not_found,
             UnknownPortraitError: _not_found,
             TooManySessionsError: _busy,
+            SayQueueFullError: _busy,
             DependencyError: _not_installed,
             Exception: _internal_error,
         },
@@ -240,21 +247,30 @@ class _Routes:
                                   "install the tts extra: pip install 'emote[tts]'")
         loop = asyncio.get_running_loop()
         try:
-            samples, rate = await loop.run_in_executor(self.speech_executor,
-                                                       lambda: tts.synthesize(text, voice=voice))
+            samples, rate = await loop.run_in_executor(self.speech_executor, _synthesize_pcm16, text, voice)
         except OptionError as exc:
             raise BadRequestError(f"field 'voice': {exc}") from None
         try:
-            segment_id = await managed.say(samples, rate)
+            ticket = managed.say(samples, rate)
         except SessionClosed:
             raise UnknownSessionError(managed.id) from None
-        return JSONResponse({"segment_id": segment_id, "duration_s": round(len(samples) / rate, 3)},
-                            status_code=202)
+        segment_id = None
+        if ticket.ahead == 0:  # it starts now: its segment id is known as soon as its first second is queued
+            with contextlib.suppress(TimeoutError):
+                segment_id = await asyncio.wait_for(asyncio.shield(ticket.started), SAY_START_WAIT_S)
+        return JSONResponse({"segment_id": segment_id, "duration_s": round(ticket.duration_s, 3),
+                             "texts_ahead": ticket.ahead}, status_code=202)
 
     async def clear(self, request: Request) -> Response:
         managed = self.state.manager.get(request.path_params["session_id"])
         await managed.clear()
         return Response(status_code=204)
+
+
+def _synthesize_pcm16(text: str, voice: str) -> tuple[np.ndarray, int]:
+    """Speech for ``text`` as int16 (half the memory of float while it waits in the session's text queue)."""
+    samples, rate = tts.synthesize(text, voice=voice)
+    return (np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16), rate
 
 
 # -- request bodies ----------------------------------------------------------------------------
@@ -348,8 +364,9 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 
 
 async def _busy(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, TooManySessionsError)
-    return _error(503, str(exc), {"Retry-After": str(exc.retry_after_s)})
+    assert isinstance(exc, TooManySessionsError | SayQueueFullError)
+    status = 503 if isinstance(exc, TooManySessionsError) else 429
+    return _error(status, str(exc), {"Retry-After": str(exc.retry_after_s)})
 
 
 async def _not_installed(request: Request, exc: Exception) -> Response:

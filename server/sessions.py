@@ -37,9 +37,10 @@ from streaming.speech_gate import SpeechGate
 if TYPE_CHECKING:
     from server.webrtc import AvatarPeer
 
-#: /say pushes its speech in pieces this long, so that a clear or a hang-up stops it between pieces
-#: and the request answers after the first piece instead of after the whole text.
+#: /say pushes its speech in pieces this long, so that the session's back-pressure paces it.
 SAY_PIECE_S = 1.0
+#: Texts a session holds for /say beyond the one being spoken (HTTP 429 beyond).
+SAY_QUEUE_TEXTS = 8
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,109 @@ class TooManySessionsError(RuntimeError):
         self.retry_after_s = retry_after_s
 
 
+class SayQueueFullError(RuntimeError):
+    """The session already holds :data:`SAY_QUEUE_TEXTS` texts waiting to be said (HTTP 429 + Retry-After)."""
+
+    def __init__(self, waiting: int, retry_after_s: int) -> None:
+        super().__init__(f"the avatar already has {waiting} texts waiting to be said; try again in {retry_after_s} s "
+                         "or interrupt it with POST /sessions/{id}/clear")
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(eq=False)
+class SayTicket:
+    """A text queued by :meth:`ManagedSession.say`.
+
+    Attributes:
+        duration_s: length of its speech.
+        ahead: texts queued or being said before it (0: it starts now).
+        started: resolves to its segment id once its first second is queued in the session, or to
+            ``None`` when it was cleared or the session ended first.
+    """
+
+    samples: np.ndarray
+    sample_rate: int
+    ahead: int
+    started: asyncio.Future[int | None]
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+
+class _SayQueue:
+    """The texts of one session waiting to be said, served in order by one task (started when needed).
+
+    Each text is one segment, pushed in :data:`SAY_PIECE_S` pieces so the session's back-pressure paces
+    it; at most :data:`SAY_QUEUE_TEXTS` wait behind the one being said. :meth:`stop` drops them all.
+    """
+
+    def __init__(self, session: AvatarSession, name: str) -> None:
+        self.session = session
+        self.name = name
+        self.waiting: list[SayTicket] = []
+        self.current: SayTicket | None = None
+        self.left_s = 0.0  # of the text being said, not yet handed to the session
+        self.worker: asyncio.Task[None] | None = None
+
+    def put(self, samples: np.ndarray, sample_rate: int) -> SayTicket:
+        if len(self.waiting) >= SAY_QUEUE_TEXTS:
+            raise SayQueueFullError(len(self.waiting), max(1, int(np.ceil(self.left_s))))
+        ticket = SayTicket(samples, sample_rate, len(self.waiting) + (self.current is not None),
+                           asyncio.get_running_loop().create_future())
+        self.waiting.append(ticket)
+        if self.worker is None:
+            self.worker = asyncio.create_task(self._serve(), name=f"say-{self.name}")
+        return ticket
+
+    def stop(self) -> asyncio.Task[None] | None:
+        """Drop every text, the one being said included, at once; returns the worker to await (cancelled)."""
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            worker.cancel()  # it never runs again past the push it was waiting in
+        self._drop()
+        return worker
+
+    def _drop(self) -> None:
+        for ticket in [*self.waiting, *([self.current] if self.current else [])]:
+            if not ticket.started.done():
+                ticket.started.set_result(None)
+        self.waiting.clear()
+        self.current, self.left_s = None, 0.0
+
+    async def _serve(self) -> None:
+        try:
+            while self.waiting:
+                self.current = self.waiting.pop(0)
+                await self._say(self.current)
+                self.current = None
+        except SessionClosed:
+            self._drop()
+        except Exception:
+            log.exception("session %s: saying a text failed", self.name)
+            self._drop()
+        finally:
+            if self.worker is asyncio.current_task():
+                self.worker = None
+
+    async def _say(self, ticket: SayTicket) -> None:
+        samples, rate = ticket.samples, ticket.sample_rate
+        piece = max(1, int(rate * SAY_PIECE_S))
+        try:
+            for start in range(0, len(samples), piece):
+                self.left_s = (len(samples) - start) / rate
+                segment_id = await self.session.push_speech(samples[start : start + piece], rate)
+                if not ticket.started.done():
+                    ticket.started.set_result(segment_id)
+            self.session.end_of_speech()
+        except SpeechCleared:  # the session was cleared while this text waited for room: it ends here
+            pass
+        finally:
+            self.left_s = 0.0
+            if not ticket.started.done():
+                ticket.started.set_result(None)
+
+
 @dataclass(eq=False)
 class ManagedSession:
     """A live session as the server tracks it.
@@ -91,8 +195,7 @@ class ManagedSession:
     agent_connected: bool = False
     _listeners: list[Callable[[SessionEvent], None]] = field(default_factory=list)
     _clear_hooks: list[Callable[[], None]] = field(default_factory=list)
-    _say_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    _speech_tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _texts: _SayQueue | None = None
     _sinks: list[asyncio.Task[None]] = field(default_factory=list)
     _closing: asyncio.Task[None] | None = None
 
@@ -114,64 +217,41 @@ class ManagedSession:
             except Exception:  # one broken subscriber must not silence the others
                 log.exception("session %s: event listener failed", self.id)
 
-    async def say(self, samples: np.ndarray, sample_rate: int) -> int | None:
-        """Queue synthesized speech as one segment; returns its id once the first piece is queued.
+    def say(self, samples: np.ndarray, sample_rate: int) -> SayTicket:
+        """Queue synthesized speech as one segment, after the texts queued before it; returns at once.
 
-        The rest is pushed by a task the session owns (cancelled by :meth:`clear` and on close), so
-        that long texts neither hold the request open nor escape the session's back-pressure. Texts
-        said one after another play one after another.
+        A task the session owns says the texts in order (cancelled by :meth:`clear` and on close).
+
+        Raises:
+            SayQueueFullError: :data:`SAY_QUEUE_TEXTS` texts are already waiting.
+            SessionClosed: the session has ended.
         """
-        piece = max(1, int(sample_rate * SAY_PIECE_S))
-        await self._say_lock.acquire()
-        try:
-            try:
-                segment_id = await self.session.push_speech(samples[:piece], sample_rate)
-            except SpeechCleared:  # a clear came while the text waited for room: it is not said
-                self._say_lock.release()
-                return None
-            if len(samples) <= piece:
-                self.session.end_of_speech()
-                self._say_lock.release()
-                return segment_id
-            task = asyncio.create_task(self._push_rest(samples[piece:], sample_rate, piece), name=f"say-{self.id}")
-        except BaseException:
-            self._say_lock.release()
-            raise
-        self._speech_tasks.add(task)
-        task.add_done_callback(self._speech_tasks.discard)
-        # Released when the task ends however it ends, even cancelled before its first step (when
-        # its own ``finally`` would never run).
-        task.add_done_callback(lambda _: self._say_lock.release())
-        return segment_id
-
-    async def _push_rest(self, samples: np.ndarray, sample_rate: int, piece: int) -> None:
-        with contextlib.suppress(SessionClosed, SpeechCleared):  # cleared: the rest of the text is dropped
-            for start in range(0, len(samples), piece):
-                await self.session.push_speech(samples[start : start + piece], sample_rate)
-            self.session.end_of_speech()
+        if self._closing is not None or self.session.closed:
+            raise SessionClosed("the avatar session is closed")
+        if self._texts is None:
+            self._texts = _SayQueue(self.session, self.id)
+        return self._texts.put(samples, sample_rate)
 
     async def clear(self) -> None:
-        """Interrupt, at once: text speech stops being pushed, every feeder drops what it holds (the agent
-        socket's read-ahead, see :meth:`on_clear`), then the session drops what it queued.
+        """Interrupt, at once: the texts waiting for /say are dropped, every feeder drops what it holds (the
+        agent socket's read-ahead, see :meth:`on_clear`), then the session drops what it queued.
 
         All of it happens in one step of the event loop, so no audio can slip in between.
         """
-        tasks = list(self._speech_tasks)
-        for task in tasks:
-            task.cancel()
+        worker = self._texts.stop() if self._texts is not None else None
         for hook in list(self._clear_hooks):
             try:
                 hook()
             except Exception:
                 log.exception("session %s: a clear hook failed", self.id)
         self.session.clear()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if worker is not None:
+            await asyncio.gather(worker, return_exceptions=True)
 
     async def _cancel_speech(self) -> None:
-        tasks = list(self._speech_tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        worker = self._texts.stop() if self._texts is not None else None
+        if worker is not None:
+            await asyncio.gather(worker, return_exceptions=True)
 
 
 class SessionManager:

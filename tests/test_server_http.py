@@ -504,12 +504,11 @@ async def test_clear_stops_a_long_text_and_the_next_one_plays(app_client: Any) -
     _, client, fakes = app_client
     session_id = (await client.post("/offer", json=OFFER)).json()["session_id"]
     session = fakes.sessions[0]
-    session.hold()  # the session holds all the speech it can: pushes wait
-    say = asyncio.create_task(client.post(f"/sessions/{session_id}/say", json={"text": "One two three. " * 4}))
-    await asyncio.sleep(0.3)
-    assert not say.done()  # back-pressure reaches the request
-    session.allow(2)
-    first = (await say).json()["segment_id"]
+    session.allow(2)  # the session takes two pieces, then holds all the speech it can: pushes wait
+    said = await client.post(f"/sessions/{session_id}/say", json={"text": "One two three. " * 4})
+    assert said.status_code == 202 and said.json()["texts_ahead"] == 0
+    first = said.json()["segment_id"]
+    assert first is not None
     await asyncio.wait_for(session.waiting.wait(), 2.0)
     assert len(session.pushed) == 2 and "end" not in session.calls  # the third piece waits
     assert (await client.post(f"/sessions/{session_id}/clear")).status_code == 204
@@ -517,10 +516,49 @@ async def test_clear_stops_a_long_text_and_the_next_one_plays(app_client: Any) -
     session.allow()
     second = (await client.post(f"/sessions/{session_id}/say", json={"text": "Yes."})).json()["segment_id"]
     await asyncio.wait_for(session.ended.wait(), 2.0)
-    assert second != first
+    assert second not in (first, None)
     assert {seg for _, _, seg in session.pushed} == {first, second}  # the rest of the first was dropped
     assert session.events[-1] == PlaybackFinished(second, pytest.approx(len(session.samples_of(second)) / 22050,
                                                                         abs=1e-3), False)
+
+
+@needs_tts
+@pytest.mark.asyncio
+async def test_say_answers_at_once_while_earlier_texts_wait_and_a_full_queue_is_429(app_client: Any) -> None:
+    app, client, fakes = app_client
+    session_id = (await client.post("/offer", json=OFFER)).json()["session_id"]
+    session = fakes.sessions[0]
+    session.allow(1)  # the first text's first piece is taken, then the session is "full"
+    loop = asyncio.get_running_loop()
+    texts = [f"Text number {k}, which is long enough to take a few seconds to say." for k in range(10)]
+    answers = []
+    for text in texts:
+        asked = loop.time()
+        answers.append(await client.post(f"/sessions/{session_id}/say", json={"text": text}))
+        assert loop.time() - asked < 0.6  # never waits for the texts ahead (was: until they were queued)
+    assert [a.status_code for a in answers] == [202] * 9 + [429]
+    assert [a.json()["texts_ahead"] for a in answers[:9]] == list(range(9))
+    assert answers[0].json()["segment_id"] == 1 and all(a.json()["segment_id"] is None for a in answers[1:9])
+    assert int(answers[9].headers["retry-after"]) >= 1 and "8 texts" in answers[9].json()["error"]
+    all_said = asyncio.Event()
+    app.state.emote.manager.get(session_id).subscribe(
+        lambda e: session.calls.count("end") == 9 and all_said.set())
+    session.allow()  # playback made room: the texts are said in order, one segment each
+    await asyncio.wait_for(all_said.wait(), 5.0)
+    segments = [seg for _, _, seg in session.pushed]
+    assert segments == sorted(segments) and len(set(segments)) == 9
+
+    session.hold()
+    for text in texts[:3]:
+        assert (await client.post(f"/sessions/{session_id}/say", json={"text": text})).status_code == 202
+    await asyncio.wait_for(session.waiting.wait(), 2.0)
+    pushed = len(session.pushed)
+    assert (await client.post(f"/sessions/{session_id}/clear")).status_code == 204  # empties the queue too
+    session.allow()
+    await asyncio.sleep(0.2)
+    assert len(session.pushed) == pushed and app.state.emote.manager.get(session_id)._texts.waiting == []
+    again = await client.post(f"/sessions/{session_id}/say", json={"text": "Yes."})
+    assert again.status_code == 202 and again.json()["texts_ahead"] == 0 and again.json()["segment_id"] == 10
 
 
 @pytest.mark.asyncio
@@ -528,10 +566,13 @@ async def test_a_clear_right_after_a_say_does_not_block_the_next_one(app_client:
     app, client, fakes = app_client
     session_id = (await client.post("/offer", json=OFFER)).json()["session_id"]
     managed = app.state.emote.manager.get(session_id)
-    first = await managed.say(np.zeros(3 * 22050, np.float32), 22050)  # the rest is pushed by a task...
+    first = managed.say(np.zeros(3 * 22050, np.int16), 22050)  # said by a task...
     await managed.clear()  # ...cancelled before it ever ran
-    second = await asyncio.wait_for(managed.say(np.zeros(100, np.float32), 22050), 1.0)
-    assert second != first and fakes.sessions[0].calls == ["push", "clear", "push", "end"]
+    assert await first.started is None
+    second = managed.say(np.zeros(100, np.int16), 22050)
+    assert await asyncio.wait_for(second.started, 1.0) == 1 and second.ahead == 0
+    await asyncio.wait_for(fakes.sessions[0].ended.wait(), 1.0)
+    assert fakes.sessions[0].calls == ["clear", "push", "end"]
 
 
 @needs_tts
