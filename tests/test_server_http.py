@@ -630,3 +630,28 @@ async def test_a_real_session_without_a_viewer_speaks_and_closes(tmp_path: Path)
     assert managed.session.closed and all(t.done() for t in managed._sinks)
     assert manager.count == 0
     await app.state.emote.aclose()
+
+
+@pytest.mark.asyncio
+async def test_real_sessions_reuse_warm_speech_gates_and_the_framed_portrait(tmp_path: Path) -> None:
+    app = create_app(ServerConfig(data_dir=tmp_path / "data", max_sessions=2, size=128))
+    manager = app.state.emote.manager
+    pool = manager._gates
+    assert manager.gates_ready is not None
+    await asyncio.wrap_future(manager.gates_ready)  # started with the server, on its preparation thread
+    assert len(pool._free) == 2
+    first = await manager.create_session()
+    lease = manager._leases[first.session]
+    gate = lease._gate
+    assert gate is not None and len(pool._free) == 1
+    framed = first.session.renderer.portrait
+    assert not framed.image.flags.writeable  # shared between sessions: read-only
+    await manager.close_session(first.id)
+    assert lease._gate is None and gate in pool._free and len(pool._free) == 2  # back, reset
+    assert not lease.process(np.ones(512, np.float32)).any()  # a late step of the closed session: gate shut
+    second = await manager.create_session()
+    assert manager._leases[second.session]._gate in (gate, *pool._free)
+    assert second.session.renderer.portrait is framed  # the framing was not computed again
+    assert second.session.renderer is not first.session.renderer  # each session renders on its own
+    await app.state.emote.aclose()
+    assert manager._leases == {} and len(pool._free) == 2
