@@ -6,7 +6,7 @@ errors they raise to JSON ``{"error": message}`` responses::
 
     InputError (malformed JSON, SDP, fields)  400      UnknownSessionError, UnknownPortraitError  404
     PortraitError (no face, not an image)     422      body over its limit                        413
-    TooManySessionsError                      503 + Retry-After
+    TooManySessionsError, UploadsBusyError    503 + Retry-After
     SayQueueFullError                         429 + Retry-After
     DependencyError (TTS not installed)       501
 
@@ -64,6 +64,8 @@ MAX_JSON_BYTES = 256 * 1024
 #: Room for the multipart boundaries and part headers around an upload of the largest allowed size.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 DEFAULT_VOICE = "en-us"
+#: What a refused upload is told to wait: about one face analysis.
+UPLOAD_RETRY_AFTER_S = 3
 #: How long /say waits for a text with nothing ahead of it to start, to answer with its segment id.
 SAY_START_WAIT_S = 0.5
 
@@ -76,6 +78,15 @@ class BadRequestError(InputError):
 
 class PayloadTooLargeError(InputError):
     """The request body is larger than allowed (413)."""
+
+
+class UploadsBusyError(RuntimeError):
+    """``max_concurrent_uploads`` uploads are already being handled (503 with Retry-After)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the server is busy with {limit} other portrait upload(s); try again in "
+                         f"{UPLOAD_RETRY_AFTER_S} s")
+        self.retry_after_s = UPLOAD_RETRY_AFTER_S
 
 
 @dataclass
@@ -113,7 +124,8 @@ def create_app(
     speech = ThreadPoolExecutor(1, thread_name_prefix="emote-tts")
     default = config.portrait or default_portrait_path()
     portraits = PortraitStore(default, config.upload_dir, executor=prepare, analyze=analyze_portrait,
-                              default_name=None if config.portrait else "Grace Hopper")
+                              default_name=None if config.portrait else "Grace Hopper",
+                              max_uploads=config.max_stored_uploads)
     manager = SessionManager(config, portraits, render_executor=render, prepare_executor=prepare,
                              build_session=build_session, build_peer=build_peer)
     state = ServerState(config, portraits, manager, (render, prepare, speech))
@@ -149,6 +161,7 @@ def create_app(
             UnknownPortraitError: _not_found,
             TooManySessionsError: _busy,
             SayQueueFullError: _busy,
+            UploadsBusyError: _busy,
             DependencyError: _not_installed,
             Exception: _internal_error,
         },
@@ -164,6 +177,7 @@ class _Routes:
         self.config = state.config
         self.speech_executor = speech_executor
         self.openapi_doc = json.loads(OPENAPI_PATH.read_text())
+        self.uploads_in_flight = 0
 
     async def index(self, request: Request) -> Response:
         page = WEB_CLIENT_DIR / "index.html"
@@ -196,6 +210,15 @@ class _Routes:
         return JSONResponse({"portraits": [p.as_json() for p in self.state.portraits.list()]})
 
     async def upload_portrait(self, request: Request) -> Response:
+        if self.uploads_in_flight >= self.config.max_concurrent_uploads:
+            raise UploadsBusyError(self.config.max_concurrent_uploads)
+        self.uploads_in_flight += 1
+        try:
+            return await self._upload_portrait(request)
+        finally:
+            self.uploads_in_flight -= 1
+
+    async def _upload_portrait(self, request: Request) -> Response:
         limit = self.config.max_upload_bytes
         content_type = request.headers.get("content-type", "")
         if not content_type.startswith("multipart/form-data"):
@@ -364,8 +387,8 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 
 
 async def _busy(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, TooManySessionsError | SayQueueFullError)
-    status = 503 if isinstance(exc, TooManySessionsError) else 429
+    assert isinstance(exc, TooManySessionsError | SayQueueFullError | UploadsBusyError)
+    status = 429 if isinstance(exc, SayQueueFullError) else 503
     return _error(status, str(exc), {"Retry-After": str(exc.retry_after_s)})
 
 

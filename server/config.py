@@ -40,6 +40,11 @@ class ServerConfig:
         retry_after_s: the ``Retry-After`` a refused client is told to wait.
         max_upload_bytes: largest portrait upload accepted (413 beyond); 10 MiB covers any phone photo.
         max_say_chars: longest text for ``POST /sessions/{id}/say`` (about a minute of speech).
+        max_concurrent_uploads: portrait uploads handled at once (each holds its body, up to
+            ``max_upload_bytes``, and waits for a face analysis on the one preparation thread); more
+            are refused with 503 and ``Retry-After``.
+        max_stored_uploads: uploaded portraits kept on disk; beyond, the least recently uploaded is
+            deleted (never the bundled default portrait). 200 photos are about 200 MB at most.
         ice_addresses: the only local addresses WebRTC media may use (see server/ice.py); loopback only
             by default, per ARCHITECTURE.md's networking rules. Add a LAN address to serve other machines.
         ice_remote_networks: networks (CIDR, e.g. ``"192.168.1.0/24"``) whose callers' ICE candidates
@@ -60,6 +65,8 @@ class ServerConfig:
     retry_after_s: int = 10
     max_upload_bytes: int = 10 * MIB
     max_say_chars: int = 1000
+    max_concurrent_uploads: int = 2
+    max_stored_uploads: int = 200
     ice_addresses: tuple[str, ...] = ("127.0.0.1",)
     ice_remote_networks: tuple[str, ...] = ()
     data_dir: Path = field(default_factory=default_data_dir)
@@ -76,6 +83,8 @@ class ServerConfig:
         _check_int("retry_after_s", self.retry_after_s, 1, 3600)
         _check_int("max_upload_bytes", self.max_upload_bytes, 1024, 200 * MIB)
         _check_int("max_say_chars", self.max_say_chars, 1, 100_000)
+        _check_int("max_concurrent_uploads", self.max_concurrent_uploads, 1, 64)
+        _check_int("max_stored_uploads", self.max_stored_uploads, 1, 100_000)
         _check_int("size", self.size, 64, 2048)
         _check_int("render_threads", self.render_threads, 1, 64)
         if isinstance(self.fps, bool) or not isinstance(self.fps, int | float) or not 1 <= self.fps <= 60:

@@ -8,7 +8,8 @@ and the face analysed (:func:`model.portrait.analyze_portrait`, on a worker thre
 the analysis cache the session will read), and a picture without a usable face is refused with the
 analyser's message. Accepted files are written atomically (temporary file, then rename) under the
 data folder with a small JSON sidecar holding the uploaded file name, and are found again after a
-restart.
+restart. At most ``max_uploads`` are kept: a new one beyond that deletes the least recently uploaded
+(never the default portrait).
 """
 
 from __future__ import annotations
@@ -95,6 +96,8 @@ class PortraitStore:
         analyze: checks an image file and raises :class:`PortraitError` when it cannot be animated;
             defaults to running the face analysis. Tests pass a cheaper one.
         default_name: how the default portrait is listed (default: its file name without suffix).
+        max_uploads: uploads kept; adding one more deletes the least recently uploaded (uploading the
+            same file again counts as uploading it now). The default portrait is never deleted.
     """
 
     def __init__(
@@ -105,14 +108,17 @@ class PortraitStore:
         executor: Executor | None = None,
         analyze: Callable[[Path], object] | None = None,
         default_name: str | None = None,
+        max_uploads: int = 200,
     ) -> None:
         self.upload_dir = Path(upload_dir)
+        self.max_uploads = max_uploads
         self._executor = executor
         self._analyze = analyze or _analyze_face
         default = Path(default_portrait)
         self._default = PortraitInfo(DEFAULT_ID, default_name or default.stem, "bundled", default, _media_type(default))
-        self._uploaded: dict[str, PortraitInfo] = {}
+        self._uploaded: dict[str, PortraitInfo] = {}  # least recently uploaded first
         self._load_existing()
+        self._evict()
 
     @property
     def default(self) -> PortraitInfo:
@@ -152,12 +158,28 @@ class PortraitStore:
         """
         name = _clean_name(filename)
         portrait_id = hashlib.sha256(data).hexdigest()[:ID_HEX_DIGITS]
-        if (known := self._uploaded.get(portrait_id)) is not None:
+        if (known := self._uploaded.pop(portrait_id, None)) is not None:
+            self._uploaded[portrait_id] = known  # uploaded again: now the most recent
+            with contextlib.suppress(OSError):
+                os.utime(known.path)  # the order survives a restart
             return known, False
         loop = asyncio.get_running_loop()
         info = await loop.run_in_executor(self._executor, self._check_and_save, data, name, portrait_id)
         # Two identical uploads may both get here; the second finds the same file and entry.
-        return self._uploaded.setdefault(portrait_id, info), True
+        info = self._uploaded.setdefault(portrait_id, info)
+        self._evict()
+        return info, True
+
+    def _evict(self) -> None:
+        """Delete the least recently uploaded portraits beyond :attr:`max_uploads`."""
+        while len(self._uploaded) > self.max_uploads:
+            oldest = next(iter(self._uploaded.values()))
+            del self._uploaded[oldest.id]
+            for path in (oldest.path, oldest.path.with_suffix(".json")):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            log.info("portrait %s (%s) deleted: more than %d uploads are kept", oldest.id, oldest.name,
+                     self.max_uploads)
 
     def _check_and_save(self, data: bytes, name: str, portrait_id: str) -> PortraitInfo:
         """Runs on a worker thread: sniff the format, analyse the face, write the file atomically."""

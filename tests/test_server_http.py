@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -453,6 +454,61 @@ async def test_upload_limits_and_malformed_uploads(app_client: Any) -> None:
     text = await client.post("/portraits", files={"image": ("notes.txt", b"hello there", "text/plain")})
     assert text.status_code == 422 and "notes.txt" in text.json()["error"]
     assert [p["id"] for p in (await client.get("/portraits")).json()["portraits"]] == ["default"]
+
+
+@pytest.mark.asyncio
+async def test_concurrent_uploads_beyond_the_limit_are_503_with_retry_after(tmp_path: Path) -> None:
+    release = threading.Event()
+    analysing = threading.Semaphore(0)
+
+    def slow_analysis(path: Path) -> None:
+        analysing.release()
+        release.wait(5.0)
+
+    app = create_app(ServerConfig(data_dir=tmp_path / "data", max_concurrent_uploads=2),
+                     build_session=Fakes().session, analyze_portrait=slow_analysis)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://emote") as client:
+        def upload(seed: int) -> Any:
+            return client.post("/portraits", files={"image": (f"{seed}.png", png_bytes(seed=seed), "image/png")})
+
+        first, second = asyncio.create_task(upload(1)), asyncio.create_task(upload(2))
+        await asyncio.to_thread(analysing.acquire, True, 5.0)  # the first is being analysed, the second waits
+        await asyncio.sleep(0.1)
+        refused = await upload(3)
+        assert refused.status_code == 503 and int(refused.headers["retry-after"]) > 0
+        assert "upload" in refused.json()["error"]
+        release.set()
+        assert [(await t).status_code for t in (first, second)] == [201, 201]
+        assert (await upload(3)).status_code == 201  # room again
+    await app.state.emote.aclose()
+
+
+@pytest.mark.asyncio
+async def test_stored_uploads_are_capped_oldest_out_never_the_default(tmp_path: Path) -> None:
+    fakes = Fakes()
+    app = fake_app(tmp_path, fakes, max_stored_uploads=3)
+    folder = tmp_path / "data" / "portraits"
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://emote") as client:
+        async def upload(seed: int) -> str:
+            response = await client.post("/portraits", files={"image": (f"{seed}.png", png_bytes(seed=seed),
+                                                                        "image/png")})
+            assert response.status_code in (200, 201), response.text
+            return response.json()["portrait_id"]
+
+        ids = [await upload(seed) for seed in range(4)]
+        listed = [p["id"] for p in (await client.get("/portraits")).json()["portraits"]]
+        assert listed == ["default", *ids[1:]]  # the oldest upload went
+        assert (await client.get(f"/portraits/{ids[0]}/image")).status_code == 404
+        assert not list(folder.glob(f"{ids[0]}.*"))  # image and sidecar deleted
+        assert await upload(1) == ids[1]  # uploaded again: now the most recent
+        await upload(4)
+        listed = [p["id"] for p in (await client.get("/portraits")).json()["portraits"]]
+        assert listed[0] == "default" and ids[2] not in listed and listed[1:] == [ids[3], ids[1], listed[-1]]
+        assert len(list(folder.glob("*.json"))) == 3
+    await app.state.emote.aclose()
+    restarted = fake_app(tmp_path, Fakes(), max_stored_uploads=2)  # a lower cap applies at start too
+    assert [p.id for p in restarted.state.emote.portraits.list()] == ["default", *listed[2:]]
+    await restarted.state.emote.aclose()
 
 
 @pytest.mark.asyncio
