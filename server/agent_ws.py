@@ -197,7 +197,7 @@ class _AgentConnection:
             return None
         try:
             data = json.loads(message["text"])
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             await self._fail(CLOSE_POLICY_VIOLATION, f"the start message is not valid JSON; {_START_HINT}")
             return None
         if not isinstance(data, dict) or data.get("type") != "start":

@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -260,8 +261,9 @@ class _Routes:
         body = await _json_object(request)
         text = _string_field(body, "text")
         voice = _optional_string_field(body, "voice") or DEFAULT_VOICE
-        if not text.strip():
-            raise BadRequestError("field 'text' is empty; give the words the avatar should say")
+        if not _speakable(text):
+            raise BadRequestError("field 'text' is empty (only spaces or invisible characters); give the words "
+                                  "the avatar should say")
         if len(text) > self.config.max_say_chars:
             raise BadRequestError(f"field 'text' has {len(text)} characters; the limit is "
                                   f"{self.config.max_say_chars}: send long texts in several requests")
@@ -290,6 +292,11 @@ class _Routes:
         return Response(status_code=204)
 
 
+def _speakable(text: str) -> bool:
+    """Whether ``text`` has anything but whitespace and invisible characters (controls, NUL, zero-width)."""
+    return any(not ch.isspace() and not unicodedata.category(ch).startswith("C") for ch in text)
+
+
 def _synthesize_pcm16(text: str, voice: str) -> tuple[np.ndarray, int]:
     """Speech for ``text`` as int16 (half the memory of float while it waits in the session's text queue)."""
     samples, rate = tts.synthesize(text, voice=voice)
@@ -310,6 +317,8 @@ async def _json_object(request: Request) -> dict[str, Any]:
         data = json.loads(b"".join(chunks))
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequestError(f"the request body is not valid JSON ({exc}); send a JSON object") from None
+    except RecursionError:
+        raise BadRequestError("the request body nests JSON too deeply; send a flat JSON object") from None
     if not isinstance(data, dict):
         raise BadRequestError(f"the request body must be a JSON object, not {type(data).__name__}")
     return data

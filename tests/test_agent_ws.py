@@ -102,6 +102,7 @@ async def test_audio_before_start_closes_with_1003(tmp_path: Path) -> None:
 @pytest.mark.asyncio
 @pytest.mark.parametrize(("first", "words"), [
     ("not json", ["JSON"]),
+    ("[" * 50_000 + "]" * 50_000, ["JSON"]),
     (json.dumps({"type": "hello"}), ['"start"']),
     (json.dumps({"type": "start"}), ["'sample_rate'", "None"]),
     (json.dumps({"type": "start", "sample_rate": 1000}), ["'sample_rate'", "8000", "48000"]),

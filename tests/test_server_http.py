@@ -292,6 +292,7 @@ async def test_real_peers_get_the_configured_ice_policy(tmp_path: Path) -> None:
     (json.dumps({"sdp": OFFER["sdp"], "type": "answer"}).encode(), "'type'"),
     (json.dumps({**OFFER, "portrait": 3}).encode(), "'portrait'"),
     (json.dumps({"sdp": "v=0\r\n", "type": "offer"}).encode(), "does not receive video"),
+    (b"[" * 100_000 + b"]" * 100_000, "nests JSON too deeply"),
 ])
 async def test_malformed_offers_are_400_naming_the_problem(app_client: Any, body: bytes, field: str) -> None:
     _, client, fakes = app_client
@@ -636,6 +637,7 @@ async def test_a_clear_right_after_a_say_does_not_block_the_next_one(app_client:
 @pytest.mark.parametrize(("body", "status", "words"), [
     ({}, 400, ["'text'"]),
     ({"text": "   "}, 400, ["'text'", "empty"]),
+    ({"text": "\x00\x00 \u200b\t"}, 400, ["'text'", "empty"]),
     ({"text": "a" * 1001}, 400, ["'text'", "1001", "1000"]),
     ({"text": "hi", "voice": "klingon-xx"}, 400, ["'voice'", "klingon-xx", "en-us"]),
     ({"text": "hi", "voice": 7}, 400, ["'voice'"]),

@@ -172,8 +172,14 @@ async function startCall(withMic) {
   showStatus(withMic ? "Asking for the microphone…" : "Connecting…");
   try {
     if (withMic) {
-      current.stream = await microphone();
-      if (call !== current) return null;
+      const stream = await microphone();
+      if (call !== current) {
+        // Hung up (or called again) while the browser asked for the microphone: endCall ran before there
+        // was a stream to stop, so stop it here, or the microphone would stay on with no call.
+        stream.getTracks().forEach((track) => track.stop());
+        return null;
+      }
+      current.stream = stream;
       showStatus("Connecting…");
     }
     const pc = new RTCPeerConnection({ iceServers: [] });
