@@ -37,7 +37,14 @@ import numpy as np
 from model.baseline import BaselineGenerator
 from server.config import ServerConfig
 from server.portraits import PortraitInfo, PortraitStore, PreparedPortraits
-from streaming.session import AvatarSession, SessionClosed, SessionConfig, SessionEvent, SpeechCleared
+from streaming.session import (
+    AvatarSession,
+    SessionClosed,
+    SessionConfig,
+    SessionEvent,
+    SessionFailed,
+    SpeechCleared,
+)
 from streaming.speech_gate import SpeechGate
 
 if TYPE_CHECKING:
@@ -433,6 +440,9 @@ class SessionManager:
             managed = ManagedSession(id=secrets.token_urlsafe(16), portrait_id=portrait.id, session=session)
             self._sessions[managed.id] = managed
             session.add_listener(managed._dispatch)
+            failed_id = managed.id  # a session whose producer failed is frozen: release it
+            session.add_listener(lambda e: isinstance(e, SessionFailed)
+                                 and self._close_soon(failed_id, "the avatar session failed"))
             await session.start()
             if offer is None:
                 managed._sinks = [asyncio.create_task(_drain(session.next_video), name=f"video-sink-{managed.id}"),
@@ -467,10 +477,14 @@ class SessionManager:
 
     def _peer_closed(self, session_id: str) -> None:
         """The peer's ``on_closed``: the client hung up or vanished. Called on the event loop."""
+        self._close_soon(session_id, "its WebRTC connection ended")
+
+    def _close_soon(self, session_id: str, why: str) -> None:
+        """Release a session from a callback (the peer ended, or the session's producer failed)."""
         managed = self._sessions.get(session_id)
         if managed is None or managed._closing is not None:
             return
-        log.info("session %s: the WebRTC connection ended", session_id)
+        log.info("session %s: %s", session_id, why)
         task = asyncio.get_running_loop().create_task(self._close_quietly(session_id), name=f"close-{session_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -32,7 +32,14 @@ from server import tts
 from server.app import create_app
 from server.config import ServerConfig
 from server.portraits import PortraitInfo
-from streaming.session import PlaybackFinished, PlaybackStarted, SessionClosed, SessionEvent, SessionStats
+from streaming.session import (
+    PlaybackFinished,
+    PlaybackStarted,
+    SessionClosed,
+    SessionEvent,
+    SessionFailed,
+    SessionStats,
+)
 
 OFFER = {"sdp": "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n",
          "type": "offer"}
@@ -368,6 +375,16 @@ async def test_a_vanished_client_is_released(app_client: Any) -> None:
     assert (await client.get(f"/sessions/{ids[0]}/stats")).status_code == 404
     assert (await client.get(f"/sessions/{ids[1]}/stats")).status_code == 200  # the other plays on
     assert not fakes.sessions[1].closed
+
+
+@pytest.mark.asyncio
+async def test_a_failed_session_is_released(app_client: Any) -> None:
+    app, client, fakes = app_client
+    session_id = (await client.post("/offer", json=OFFER)).json()["session_id"]
+    managed = app.state.emote.manager.get(session_id)
+    fakes.sessions[0]._emit(SessionFailed("RuntimeError('the renderer broke')"))  # its producer stopped
+    await asyncio.wait_for(managed.closed.wait(), 2.0)
+    assert fakes.sessions[0].closed and fakes.peers[0].closed and app.state.emote.manager.count == 0
 
 
 @pytest.mark.asyncio
