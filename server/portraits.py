@@ -10,6 +10,10 @@ analyser's message. Accepted files are written atomically (temporary file, then 
 data folder with a small JSON sidecar holding the uploaded file name, and are found again after a
 restart. At most ``max_uploads`` are kept: a new one beyond that deletes the least recently uploaded
 (never the default portrait).
+
+The parts a live session is built from that outlive it are kept here too, so that starting a session
+does not stall the others: :class:`PreparedPortraits` (framed portraits and their deformers) and
+:class:`GatePool` (warm speech gates).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from model.framing import FramedPortrait
 from model.portrait import analyze_portrait
 from model.renderer import Renderer
 from streaming.offline import prepare_portrait
+from streaming.speech_gate import SpeechGate
 
 DEFAULT_ID = "default"
 ID_HEX_DIGITS = 16
@@ -257,6 +262,83 @@ class PreparedPortraits:
             while len(self._kept) > self.entries:
                 self._kept.popitem(last=False)
         return framed, renderer
+
+
+class GateLease:
+    """A pooled speech gate as one session sees it, until :meth:`revoke` takes it back.
+
+    The session calls ``process`` on a render thread; a step may still be running there after the
+    session was closed, so the lease serialises the calls and, once revoked, no longer touches the gate.
+    """
+
+    def __init__(self, gate: SpeechGate) -> None:
+        self._gate: SpeechGate | None = gate
+        self._lock = threading.Lock()
+
+    def process(self, samples: np.ndarray) -> np.ndarray:
+        with self._lock:
+            if self._gate is None:
+                return np.zeros(len(samples), np.float32)  # the session has ended: gate closed
+            return self._gate.process(samples)
+
+    def reset(self) -> None:
+        with self._lock:
+            if self._gate is not None:
+                self._gate.reset()
+
+    def revoke(self) -> SpeechGate | None:
+        """Take the gate back once no call is using it (blocks for at most one ``process`` call)."""
+        with self._lock:
+            gate, self._gate = self._gate, None
+        return gate
+
+
+class GatePool:
+    """Warm speech gates (a silero-vad model each: ~60 ms to load with the GIL held, and slow first calls),
+    one per session slot, built once on the preparation thread and lent to sessions (reset in between)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._free: list[SpeechGate] = []
+        self._building = 0  # gates fill() is making right now
+        self._lock = threading.Lock()
+
+    def fill(self) -> None:
+        """Build the gates still missing (on a worker thread)."""
+        while True:
+            with self._lock:
+                if len(self._free) + self._building >= self.size:
+                    return
+                self._building += 1
+            try:
+                gate = _warm_gate()
+                with self._lock:
+                    self._free.append(gate)
+            finally:
+                with self._lock:
+                    self._building -= 1
+
+    def lend(self) -> GateLease:
+        """A gate for a new session (on the preparation thread): a pooled one, or a new one if none is free."""
+        with self._lock:
+            gate = self._free.pop() if self._free else None
+        return GateLease(gate if gate is not None else _warm_gate())
+
+    def give_back(self, lease: GateLease) -> None:
+        gate = lease.revoke()
+        if gate is None:
+            return
+        gate.reset()
+        with self._lock:
+            if len(self._free) < self.size:
+                self._free.append(gate)
+
+
+def _warm_gate() -> SpeechGate:
+    gate = SpeechGate()
+    gate.process(np.zeros(8000, np.float32))  # TorchScript optimises its first calls: make them here
+    gate.reset()
+    return gate
 
 
 def _analyze_face(path: Path) -> object:

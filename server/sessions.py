@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, Future
@@ -36,7 +35,7 @@ import numpy as np
 
 from model.baseline import BaselineGenerator
 from server.config import ServerConfig
-from server.portraits import PortraitInfo, PortraitStore, PreparedPortraits
+from server.portraits import GateLease, GatePool, PortraitInfo, PortraitStore, PreparedPortraits
 from streaming.session import (
     AvatarSession,
     SessionClosed,
@@ -45,7 +44,6 @@ from streaming.session import (
     SessionFailed,
     SpeechCleared,
 )
-from streaming.speech_gate import SpeechGate
 
 if TYPE_CHECKING:
     from server.webrtc import AvatarPeer
@@ -267,83 +265,6 @@ class ManagedSession:
             await asyncio.gather(worker, return_exceptions=True)
 
 
-class _GateLease:
-    """A pooled speech gate as one session sees it, until :meth:`revoke` takes it back.
-
-    The session calls ``process`` on a render thread; a step may still be running there after the
-    session was closed, so the lease serialises the calls and, once revoked, no longer touches the gate.
-    """
-
-    def __init__(self, gate: SpeechGate) -> None:
-        self._gate: SpeechGate | None = gate
-        self._lock = threading.Lock()
-
-    def process(self, samples: np.ndarray) -> np.ndarray:
-        with self._lock:
-            if self._gate is None:
-                return np.zeros(len(samples), np.float32)  # the session has ended: gate closed
-            return self._gate.process(samples)
-
-    def reset(self) -> None:
-        with self._lock:
-            if self._gate is not None:
-                self._gate.reset()
-
-    def revoke(self) -> SpeechGate | None:
-        """Take the gate back once no call is using it (blocks for at most one ``process`` call)."""
-        with self._lock:
-            gate, self._gate = self._gate, None
-        return gate
-
-
-class _GatePool:
-    """Warm speech gates (a silero-vad model each: ~60 ms to load with the GIL held, and slow first calls),
-    one per session slot, built once on the preparation thread and lent to sessions (reset in between)."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._free: list[SpeechGate] = []
-        self._building = 0  # gates fill() is making right now
-        self._lock = threading.Lock()
-
-    def fill(self) -> None:
-        """Build the gates still missing (on a worker thread)."""
-        while True:
-            with self._lock:
-                if len(self._free) + self._building >= self.size:
-                    return
-                self._building += 1
-            try:
-                gate = _warm_gate()
-                with self._lock:
-                    self._free.append(gate)
-            finally:
-                with self._lock:
-                    self._building -= 1
-
-    def lend(self) -> _GateLease:
-        """A gate for a new session (on the preparation thread): a pooled one, or a new one if none is free."""
-        with self._lock:
-            gate = self._free.pop() if self._free else None
-        return _GateLease(gate if gate is not None else _warm_gate())
-
-    def give_back(self, lease: _GateLease) -> None:
-        gate = lease.revoke()
-        if gate is None:
-            return
-        gate.reset()
-        with self._lock:
-            if len(self._free) < self.size:
-                self._free.append(gate)
-
-
-def _warm_gate() -> SpeechGate:
-    gate = SpeechGate()
-    gate.process(np.zeros(8000, np.float32))  # TorchScript optimises its first calls: make them here
-    gate.reset()
-    return gate
-
-
 class SessionManager:
     """Creates, finds and closes sessions; at most ``config.max_sessions`` at a time.
 
@@ -378,8 +299,8 @@ class SessionManager:
         self._tasks: set[asyncio.Task[None]] = set()
         self._shutting_down = False
         self._prepared = PreparedPortraits()
-        self._gates = _GatePool(config.max_sessions)
-        self._leases: dict[AvatarSession, _GateLease] = {}
+        self._gates = GatePool(config.max_sessions)
+        self._leases: dict[AvatarSession, GateLease] = {}
         self.gates_ready: Future[None] | None = None
         if build_session is None:  # warm the real sessions' speech gates now, off the event loop
             self.gates_ready = self._prepare_executor.submit(self._gates.fill)
@@ -547,7 +468,7 @@ class SessionManager:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _real_session(self, portrait: PortraitInfo) -> AvatarSession:
-        def build() -> tuple[AvatarSession, _GateLease]:
+        def build() -> tuple[AvatarSession, GateLease]:
             # ~0.2 s, none of it on the event loop, where it would make the other sessions' frames late:
             # the renderer (its framed portrait kept from an earlier session on the same portrait), a
             # warm speech gate from the pool, and the session's own warm-up of the generator and gate
