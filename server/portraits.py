@@ -336,7 +336,9 @@ class GatePool:
 
 def _warm_gate() -> SpeechGate:
     gate = SpeechGate()
-    gate.process(np.zeros(8000, np.float32))  # TorchScript optimises its first calls: make them here
+    # TorchScript re-optimises during its first ~20 calls (some take 50-100 ms): make 48 of them here, on
+    # quiet noise (near silence skips the model).
+    gate.process(np.random.default_rng(0).normal(0.0, 0.01, 48 * 512).astype(np.float32))
     gate.reset()
     return gate
 
