@@ -233,9 +233,8 @@ class AvatarSession:
                              lookahead_ms=self.generator.lookahead_ms, sample_rate=MODEL_RATE)
         window = warm.push(np.zeros(MODEL_RATE // 5, np.float32))[0]
         chunk, _ = self.generator.generate(window, self._state)
-        if self._gate is not None:  # TorchScript optimises its first calls: slow ones
-            self._gate.process(np.zeros(MODEL_RATE // 4, np.float32))
-            self._gate.reset()
+        if self._gate is not None:
+            self._gate.warm_up()
         return np.array(self.renderer.render(chunk.pose[0], chunk.coeffs[0]), copy=True)
 
     @property

@@ -25,6 +25,7 @@ from model.errors import DependencyError
 
 SAMPLE_RATE = 16000
 CHUNK = 512  # samples per model call at 16 kHz (32 ms), what silero-vad expects
+WARM_CALLS = 48  # model calls after which TorchScript has settled (measured: ~20 slow ones)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,10 +85,19 @@ class SpeechGate:
         self.config = config or GateConfig()
         self._model = model if model is not None else load_vad_model()
         self._floor = 10.0 ** (self.config.silence_dbfs / 20.0)
+        self.model_calls = 0
         self._pending = np.zeros(0, np.float32)
         self._low_samples = 0
         self.is_open = False
         self.probability = 0.0
+
+    def warm_up(self) -> None:
+        """Make the model's slow first calls now (TorchScript re-optimises during its first ~20;
+        some take 50-100 ms), on quiet noise, then forget it. Nothing to do for a warm gate."""
+        if self.model_calls < WARM_CALLS:
+            noise = np.random.default_rng(0).normal(0.0, 0.01, (WARM_CALLS - self.model_calls) * CHUNK)
+            self.process(noise.astype(np.float32))
+        self.reset()
 
     def reset(self) -> None:
         """Forget the stream so far (a new caller, a new stream)."""
@@ -123,6 +133,7 @@ class SpeechGate:
             else:
                 with torch.inference_mode():
                     self.probability = float(self._model(torch.from_numpy(chunk.copy()), SAMPLE_RATE))
+                self.model_calls += 1
             self._update(self.probability)
             upto = max(0, len(x) - len(self._pending))  # x's samples up to the end of this chunk
             if self.is_open:

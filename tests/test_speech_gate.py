@@ -304,3 +304,24 @@ def test_near_silent_chunks_skip_the_model() -> None:
     assert gate.process(loud).any() and CountingModel.calls == 2
     with pytest.raises(ValueError, match="silence_dbfs"):
         GateConfig(silence_dbfs=0.0)
+
+
+def test_warm_up_calls_the_model_until_warm_and_leaves_a_fresh_state() -> None:
+    class CountingModel:
+        def __init__(self) -> None:
+            self.calls = self.resets = 0
+
+        def __call__(self, chunk: object, rate: int) -> float:
+            self.calls += 1
+            return 0.9
+
+        def reset_states(self) -> None:
+            self.resets += 1
+
+    model = CountingModel()
+    gate = SpeechGate(model=model)
+    gate.warm_up()
+    assert model.calls >= 40 and not gate.is_open and model.resets == 1
+    calls = model.calls
+    gate.warm_up()  # already warm: no more calls
+    assert model.calls == calls and model.resets == 2
