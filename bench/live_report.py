@@ -100,9 +100,9 @@ def _latency(res: Any) -> list[str]:
     lines += ["", "Session latency: the session's own percentiles (`GET /sessions/{id}/stats`, the whole call: "
               "arrival of live audio → its frame leaves the session for the encoder; the windower's lookahead, "
               "model, render and playout queue included). VP8: per frame in the server, from the video track's "
-              "`recv()` returning to `Vp8Encoder.encode` returning (waiting for an executor thread, RGB → I420, "
-              "encoding; the RTP packets go out right after). Leaving the server: their sum, p95 as the sum of "
-              "the two p95s (an upper estimate)."]
+              "`recv()` returning to `Vp8Encoder.encode` returning (waiting for an executor thread, any pixel "
+              "format conversion, encoding; the RTP packets go out right after). Leaving the server: their sum, "
+              "p95 as the sum of the two p95s (an upper estimate)."]
     agent = _phase(res, "agent", 1)
     seg = agent.get("segments") if agent else None
     if seg and seg["segments"]:

@@ -8,7 +8,7 @@ with two timing hooks added around aiortc's video sending path and nothing else 
   ``time.monotonic()``: the moment the frame left the session for the encoder;
 - :class:`aiortc.codecs.vpx.Vp8Encoder` ``encode()`` records, per frame, how long the frame waited for an
   executor thread after ``recv()`` returned, how long the encoding took (wall and thread CPU time,
-  colour conversion from RGB to I420 included) and the encoded size.
+  any pixel format conversion aiortc does included) and the encoded size.
 
 aiortc sends the RTP packets right after ``encode()`` returns (packetising and SRTP take well under a
 millisecond), so ``recv()`` → encoded is the server's share of a frame's way out after the session.

@@ -152,6 +152,7 @@ THREAD_GROUPS = (
     ("uvloop", "default executor: VP8 and Opus encoding"),
     ("asyncio", "default executor: VP8 and Opus encoding"),
     ("audio-decoder", "aiortc decoder threads: the caller's Opus"),
+    ("emote-prepare", "session preparation"),
 )
 
 
@@ -162,7 +163,7 @@ def thread_cores(before: dict[str, float], after: dict[str, float], names: dict[
     for tid, cpu in after.items():
         name = names.get(tid, "")
         group = next((g for prefix, g in THREAD_GROUPS if name.startswith(prefix)),
-                     "other threads (torch, libvpx, preparation)")
+                     "other Python threads" if name else "threads outside Python (torch, libvpx)")
         cores[group] = cores.get(group, 0.0) + (cpu - before.get(tid, 0.0)) / seconds
     return cores
 
