@@ -270,7 +270,11 @@ async def _run(res: LiveResults, tmp: Path, phases: tuple[Phase, ...]) -> None:
         for phase in phases:
             log(f"phase {phase.name}: {phase.sessions} call(s), {phase.seconds:.0f} s measured "
                 f"(load {os.getloadavg()[0]:.2f})")
-            res.phases.append(await run_phase(phase, url, server.pid, tmp, env, res.box))
+            try:
+                res.phases.append(await run_phase(phase, url, server.pid, tmp, env, res.box))
+            except RuntimeError as exc:
+                raise RuntimeError(f"{exc}\n-- the server's log ends with:\n"
+                                   f"{(tmp / 'server.log').read_text()[-4000:]}") from None
     finally:
         timings = await stop_server(server, tmp)
     for phase in res.phases:
