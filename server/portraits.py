@@ -286,6 +286,11 @@ class GateLease:
             if self._gate is not None:
                 self._gate.reset()
 
+    def warm_up(self) -> None:
+        with self._lock:
+            if self._gate is not None:
+                self._gate.warm_up()
+
     def revoke(self) -> SpeechGate | None:
         """Take the gate back once no call is using it (blocks for at most one ``process`` call)."""
         with self._lock:
@@ -336,10 +341,7 @@ class GatePool:
 
 def _warm_gate() -> SpeechGate:
     gate = SpeechGate()
-    # TorchScript re-optimises during its first ~20 calls (some take 50-100 ms): make 48 of them here, on
-    # quiet noise (near silence skips the model).
-    gate.process(np.random.default_rng(0).normal(0.0, 0.01, 48 * 512).astype(np.float32))
-    gate.reset()
+    gate.warm_up()  # TorchScript's slow first calls happen here, not in a live call
     return gate
 
 
