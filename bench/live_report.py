@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from bench.live import QUIET_CORES, QUIET_WAIT_S
 from bench.report import END, START
 
 LIVE_START = "<!-- bench:live:start -->"
@@ -202,6 +203,8 @@ def live_section(res: Any) -> str:
               f"between them ({res.speech_s:.0f} s in all, repeated as needed). In the agent phase the caller sends no "
               "microphone; the same sentences go over `WS /sessions/{id}/audio` in 20 ms messages at real-time pace, "
               "each followed by `end_of_speech` and its pause.",
+              f"- Before each phase of a full run the bench waits up to {QUIET_WAIT_S:.0f} s for other processes to "
+              f"use less than {QUIET_CORES} cores; what they used during each window is in the CPU table.",
               "- Each phase measures one window that opens 1.5 s after all its callers are connected (they start "
               "talking 0.5–1 s before it); counters are differences across the window, latency percentiles cover the "
               "whole call. Late: frame periods with nothing rendered in time (the last image repeats). A call holds "
