@@ -190,6 +190,11 @@ def _serve(args: argparse.Namespace) -> None:
         print("emote: preparing the portrait and models ...", file=sys.stderr, flush=True)
         prepare_portrait(config.portrait or default_portrait_path(), size=config.size, face_index=0)
         load_vad_model()
+        import torch
+
+        # The speech gate scores 512 samples at a time: extra intra-op threads only spin. With the
+        # default (one per core) torch's OpenMP workers burned ~0.25 cores per live call (measured).
+        torch.set_num_threads(1)
         sock.listen(128)  # from here, connections wait in the backlog until the server accepts them
     except BaseException:
         sock.close()
