@@ -527,3 +527,16 @@ async def test_real_renderer_streams_the_bundled_portrait() -> None:
               f"vs talking {talking:.2f}, latency p50 {stats.latency_ms_p50} ms")  # fmt: skip
         assert 20 < fps < 30
         assert talking > 3 * quiet
+
+
+def test_video_bitrate_is_capped_for_every_encoder() -> None:
+    from aiortc.codecs import vpx
+
+    from server.webrtc import MAX_VIDEO_BITRATE, cap_video_bitrate
+
+    cap_video_bitrate(MAX_VIDEO_BITRATE)
+    encoder = vpx.Vp8Encoder()
+    encoder.target_bitrate = 2_000_000  # what a receiver's bandwidth estimate asks for over loopback
+    assert encoder.target_bitrate == MAX_VIDEO_BITRATE
+    encoder.target_bitrate = 300_000
+    assert encoder.target_bitrate == 300_000  # below the ceiling, the estimate still rules
