@@ -157,6 +157,22 @@ class _Segment:
     resampler: StreamResampler | None = None
 
 
+def _take_samples(fifo: deque[list[Any]], out: np.ndarray, tag: object) -> int:
+    """Fill ``out`` from the front of a FIFO of ``[tag, samples, arrival]`` blocks, stopping at a block
+    with another tag (a speech segment's end); returns how many samples were taken."""
+    filled = 0
+    while filled < len(out) and fifo and fifo[0][0] is tag:
+        block = fifo[0][1]
+        n = min(len(out) - filled, len(block))
+        out[filled : filled + n] = block[:n]
+        filled += n
+        if n == len(block):
+            fifo.popleft()
+        else:
+            fifo[0][1] = block[n:]
+    return filled
+
+
 class AvatarSession:
     """The live pipeline of one avatar (see the module docstring).
 
@@ -203,7 +219,7 @@ class AvatarSession:
         self._segments: dict[int, _Segment] = {}
         self._open: _Segment | None = None
         self._next_segment = 1
-        self._mic: deque[tuple[np.ndarray, float]] = deque()
+        self._mic: deque[list[Any]] = deque()  # [None, float32 samples at 48 kHz, arrival time]
         self._mic_samples = 0
         self._mic_in: StreamResampler | None = None
         self._mic_debt = 0  # samples of arriving microphone audio to skip (latency adaptation)
@@ -298,7 +314,7 @@ class AvatarSession:
         if self._mic_debt:  # the timeline runs late (see _adapt_mic_latency): skip some caller audio
             skip = min(self._mic_debt, len(block))
             block, self._mic_debt = block[skip:], self._mic_debt - skip
-        self._mic.append((block, self.clock.now()))
+        self._mic.append([None, block, self.clock.now()])
         self._mic_samples += len(block)
         excess = self._mic_samples - int(self.config.max_mic_ms * RATE / 1000)
         if excess > 0:  # live audio is only useful now: drop the oldest
@@ -445,16 +461,8 @@ class AvatarSession:
             seg: _Segment = self._speech[0][0]
             if seg.pending >= TICK or seg.ended or force:
                 audio = np.zeros(TICK, np.float32)
-                arrival, filled = self._speech[0][2], 0
-                while filled < TICK and self._speech and self._speech[0][0] is seg:
-                    block = self._speech[0][1]
-                    n = min(TICK - filled, len(block))
-                    audio[filled : filled + n] = block[:n]
-                    filled += n
-                    if n == len(block):
-                        self._speech.popleft()
-                    else:
-                        self._speech[0][1] = block[n:]
+                arrival = self._speech[0][2]
+                filled = _take_samples(self._speech, audio, seg)
                 seg.pending -= filled
                 seg.taken += filled
                 self._speech_samples -= filled
@@ -466,7 +474,7 @@ class AvatarSession:
                 return audio, TickInfo(seq, "speech", seg.id, seg.taken / RATE, arrival, live)
             return None  # the rest of this tick's speech is on its way: wait for it (or the deadline)
         if self._mic_samples >= TICK:
-            arrival = self._mic[0][1]
+            arrival = self._mic[0][2]
             audio = self._pop_mic(TICK)
             self._seq += 1
             return audio, TickInfo(seq, "mic", None, 0.0, arrival)
@@ -489,17 +497,7 @@ class AvatarSession:
 
     def _pop_mic(self, n: int) -> np.ndarray:
         out = np.zeros(n, np.float32)
-        filled = 0
-        while filled < n and self._mic:
-            block, arrival = self._mic[0]
-            k = min(n - filled, len(block))
-            out[filled : filled + k] = block[:k]
-            filled += k
-            if k == len(block):
-                self._mic.popleft()
-            else:
-                self._mic[0] = (block[k:], arrival)
-        self._mic_samples -= filled
+        self._mic_samples -= _take_samples(self._mic, out, None)
         return out
 
     def _discard_mic(self, n: int) -> None:
