@@ -99,7 +99,31 @@ def machine_lines() -> list[str]:
         f"OS: {platform.system()} {platform.release()}; Python {platform.python_version()}",
         f"Libraries: {versions}, opencv {cv2.__version__}",
         f"Date: {now:%Y-%m-%d %H:%M %Z}; commit {git_commit()}",
+        f"Host speed: {host_speed_ms():.0f} ms for a fixed one-thread reference workload (median of 5; lower is "
+        "faster). This VM's speed drifts: the same code rendered at 4.4 ms/frame at one hour and 2.9 at another "
+        "on 2026-11-25, so compare runs by this figure too",
     ]
+
+
+def host_speed_ms(reps: int = 5) -> float:
+    """Milliseconds for a fixed single-threaded workload (numpy sorting and arithmetic plus a Python
+    loop, about what a frame of the pipeline mixes); a yardstick for comparing runs on a shared VM."""
+    import time
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal(1 << 20).astype(np.float32)
+    times = []
+    for _ in range(reps + 1):  # the first is a warm-up
+        t = time.perf_counter()
+        np.sort(data)
+        np.exp(data).sum()
+        total = 0
+        for i in range(300_000):
+            total += i * i % 7
+        times.append(1000.0 * (time.perf_counter() - t))
+    return float(np.median(times[1:]))
 
 
 def _f(ms: float) -> str:

@@ -192,3 +192,30 @@ def render_file(
         progress(duration, duration)
     return RenderStats(frames=frames, duration_s=duration, analysis_s=t_analysis, motion_s=motion_s,
                        render_s=render_s, encode_wait_s=encoder.wait_s, wall_s=time.perf_counter() - t0)
+
+
+def warm_kernels() -> float:
+    """Compile (or load) every numba kernel of the motion and render path once; returns seconds taken.
+
+    The kernels are cached on disk (``cache=True``), so running this at install time spares a
+    user's first render the 2-3 s of JIT compilation. It analyses the bundled default portrait
+    (which also fills the portrait cache that ``emote serve`` and ``make demo`` use), generates a
+    second of motion from a tone and renders two frames.
+    """
+    import numpy as np
+
+    from model.assets import default_portrait_path
+
+    t0 = time.perf_counter()
+    framed, renderer = prepare_portrait(default_portrait_path())
+    generator = make_generator("baseline")
+    state = generator.initial_state(framed.rest, 0)
+    windower = AudioWindower(fps=25.0, window_frames=WINDOW_FRAMES, context_ms=generator.context_ms,
+                             lookahead_ms=generator.lookahead_ms)
+    t = np.arange(16000) / 16000.0
+    tone = (0.3 * np.sin(2 * np.pi * 180.0 * t) * (t > 0.3)).astype(np.float32)
+    for window in windower.push(tone) + windower.finish():
+        chunk, state = generator.generate(window, state)
+    for i in range(min(2, len(chunk))):
+        renderer.render(chunk.pose[i], chunk.coeffs[i])
+    return time.perf_counter() - t0

@@ -125,3 +125,16 @@ def test_console_script_runs(files, tmp_path) -> None:  # type: ignore[no-untype
     assert "wrote" in proc.stdout and out.exists()
     with av.open(str(out)) as c:
         assert sum(1 for _ in c.decode(video=0)) == 45
+
+
+def test_warm_kernels_fills_an_empty_numba_cache(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The install step's kernel warm-up leaves the render and mouth kernels compiled on disk."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba"), "EMOTE_CACHE_DIR": str(tmp_path / "portraits")}
+    proc = subprocess.run(
+        [sys.executable, "-c", "from streaming.offline import warm_kernels; print(warm_kernels())"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert float(proc.stdout.strip()) > 0
+    cached = {p.name.split("-")[0] for p in (tmp_path / "numba").rglob("*.nbi")}
+    assert {"raster._draw", "mouth_dynamics._run"} <= cached, cached
