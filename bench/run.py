@@ -3,8 +3,8 @@
 The run generates speech (60 s, or 10 s with ``--quick``), times the real
 ``emote render`` command twice as a subprocess (after compiling the numba
 kernels as the install step does, the first run with an empty portrait
-cache, as a user's first render of a new portrait; the second warm), then times each stage in this process on the bundled default
-portrait and on scikit-image's public-domain astronaut (see
+cache, as a user's first render of a new portrait; the second warm), then
+times each stage in this process on the bundled default portrait and on scikit-image's public-domain astronaut (see
 :mod:`bench.stages`), including the renderer pinned to one core. The report
 names the machine, the commit, and how busy the machine was: the load
 average and the CPU time other processes took during the run, because

@@ -35,6 +35,7 @@ from aiortc.mediastreams import MediaStreamError
 from model.errors import SignalingError
 from server.ice import IceGuard, IcePolicy, rtc_configuration
 from server.tracks import AvatarAudioTrack, AvatarVideoTrack
+from server.video_codec import MAX_VIDEO_BITRATE, tune_video_encoding
 from streaming.session import AvatarSession
 
 logger = logging.getLogger(__name__)
@@ -119,25 +120,6 @@ def _check_transport_lines(parsed: aiortc_sdp.SessionDescription) -> None:
                                      "m= section has (a=mid); send the offer the browser made, unchanged")
 
 
-#: Ceiling of the avatar's video bitrate (bits/s). A 512x512 talking head looks the same at 500 kbit/s,
-#: and the encoder's CPU grows with the bitrate: over loopback the caller's bandwidth estimate drove
-#: aiortc's VP8 to ~0.9 Mbit/s (its own ceiling is 1.5 Mbit/s), with two calls on the edge of late frames.
-MAX_VIDEO_BITRATE = 500_000
-
-
-def cap_video_bitrate(bits_per_second: int) -> None:
-    """Limit how far aiortc raises its video encoders' bitrate on the receiver's estimate.
-
-    aiortc keeps this ceiling in its codec modules, not per connection, so the cap is process-wide
-    (every call of this server gets the same one); aiortc is pinned in pyproject.toml.
-    """
-    from aiortc.codecs import h264, vpx
-
-    for codec in (vpx, h264):
-        codec.MAX_BITRATE = max(bits_per_second, codec.MIN_BITRATE)
-        codec.DEFAULT_BITRATE = min(codec.DEFAULT_BITRATE, codec.MAX_BITRATE)
-
-
 class AvatarPeer:
     """The server end of one WebRTC call to an avatar session (see the module docstring).
 
@@ -159,7 +141,7 @@ class AvatarPeer:
         connect_timeout_s: float = 15.0,
         max_video_bitrate: int = MAX_VIDEO_BITRATE,
     ) -> None:
-        cap_video_bitrate(max_video_bitrate)
+        tune_video_encoding(max_video_bitrate)
         self.session = session
         self.policy = policy
         self.silence_timeout_s = silence_timeout_s

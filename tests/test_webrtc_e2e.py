@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -532,11 +533,58 @@ async def test_real_renderer_streams_the_bundled_portrait() -> None:
 def test_video_bitrate_is_capped_for_every_encoder() -> None:
     from aiortc.codecs import vpx
 
-    from server.webrtc import MAX_VIDEO_BITRATE, cap_video_bitrate
+    from server.video_codec import MAX_VIDEO_BITRATE, tune_video_encoding
 
-    cap_video_bitrate(MAX_VIDEO_BITRATE)
+    tune_video_encoding(MAX_VIDEO_BITRATE)
     encoder = vpx.Vp8Encoder()
     encoder.target_bitrate = 2_000_000  # what a receiver's bandwidth estimate asks for over loopback
     assert encoder.target_bitrate == MAX_VIDEO_BITRATE
     encoder.target_bitrate = 300_000
     assert encoder.target_bitrate == 300_000  # below the ceiling, the estimate still rules
+
+
+def test_vp8_encoder_is_tuned_and_its_video_decodes_faithfully(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every VP8 call gets the tuned encoder; what it sends decodes close to what was rendered."""
+    import aiortc.codecs
+    from aiortc.codecs import get_decoder, get_encoder, vpx
+    from aiortc.jitterbuffer import JitterFrame
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+    from server.video_codec import MAX_VIDEO_BITRATE, VP8_TUNING, AvatarVp8Encoder, tune_video_encoding
+
+    opened: list[tuple[int, dict[str, str]]] = []  # (bit rate, options) of each libvpx context, before it opens
+    real_open = AvatarVp8Encoder._open
+
+    def spy_open(self: AvatarVp8Encoder, width: int, height: int) -> Any:
+        codec = real_open(self, width, height)
+        opened.append((codec.bit_rate, dict(codec.options)))
+        return codec
+
+    monkeypatch.setattr(AvatarVp8Encoder, "_open", spy_open)
+    tune_video_encoding(MAX_VIDEO_BITRATE)
+    params = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+    encoder, decoder = get_encoder(params), get_decoder(params)
+    assert isinstance(encoder, AvatarVp8Encoder) and aiortc.codecs.Vp8Encoder is AvatarVp8Encoder
+    import cv2
+
+    photo = cv2.resize(pytest.importorskip("skimage.data").astronaut(), (256, 256))
+    psnr = []
+    for i in range(20):
+        rgb = np.roll(photo, i, axis=1)  # a picture that moves a little every frame
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        frame.pts, frame.time_base = i * 3600, Fraction(1, 90000)
+        payloads, timestamp = encoder.encode(frame)
+        data = b"".join(vpx.vp8_depayload(p) for p in payloads)
+        for out in decoder.decode(JitterFrame(data=data, timestamp=timestamp)):
+            got = out.to_ndarray(format="rgb24").astype(np.float64)
+            psnr.append(10 * np.log10(255**2 / np.mean((got - rgb) ** 2)))
+    assert len(psnr) == 20 and min(psnr[3:]) > 28, psnr
+    assert len(opened) == 1 and opened[0][0] == MAX_VIDEO_BITRATE
+    assert {k: opened[0][1][k] for k in VP8_TUNING} == VP8_TUNING
+    first = encoder.codec
+    encoder.target_bitrate = 300_000  # the receiver's estimate fell by 40 %: a new context at the new rate
+    frame = av.VideoFrame.from_ndarray(photo, format="rgb24")
+    frame.pts, frame.time_base = 20 * 3600, Fraction(1, 90000)
+    encoder.encode(frame)
+    assert encoder.codec is not first and encoder.codec.bit_rate == 300_000
+    assert len(opened) == 2 and opened[1][0] == 300_000 and opened[1][1]["noise-sensitivity"] == "0"
