@@ -153,6 +153,13 @@ def reference_offset(portrait: Path, said: list[np.ndarray], pauses: list[float]
     return {"offset_ms": offset_ms, "r": r, "frames": float(len(luma))}
 
 
+def gc_summary(pauses: list[list[float]], start: float, end: float) -> dict[str, Any]:
+    """The server's garbage collections that ended inside [start, end]: count per generation, longest, total."""
+    inside = [(int(gen), ms) for t, gen, ms in pauses if start <= t <= end]
+    return {"count": [sum(g == k for g, _ in inside) for k in range(3)],
+            "max_ms": max((ms for _, ms in inside), default=0.0), "total_ms": sum(ms for _, ms in inside)}
+
+
 async def _http_json(url: str) -> dict:
     from bench.live_client import http
 
@@ -305,6 +312,7 @@ async def _run(res: LiveResults, tmp: Path, phases: tuple[Phase, ...]) -> None:
     for phase in res.phases:
         phase["encode"] = encode_summary(timings["encode"], *phase["window"])
         phase["server_threads"] = thread_cores(*phase.pop("threads"), timings["threads"], phase["seconds"])
+        phase["gc"] = gc_summary(timings.get("gc", []), *phase["window"])
         if phase["mode"] == "agent":
             raw = phase.pop("raw")[0]
             video, audio = np.array(raw["video"]), np.array(raw["audio"])

@@ -141,6 +141,14 @@ def _calls(res: Any) -> list[str]:
         for phase in res.phases:
             threads = phase.get("server_threads", {})
             lines.append(f"| {phase['name']} | " + " | ".join(_n(threads.get(g), 2) for g in groups) + " |")
+    gc_rows = [(p["name"], p["gc"]) for p in res.phases if p.get("gc") is not None]
+    if gc_rows:
+        lines += ["", "Garbage collections in the server during each window (each holds the GIL, stalling every "
+                  "Python thread):", "", "| Phase | Collections (gen 0/1/2) | Longest (ms) | Total (ms) |",
+                  "|---|---|---|---|"]
+        for name, g in gc_rows:
+            lines.append(f"| {name} | {g['count'][0]}/{g['count'][1]}/{g['count'][2]} | {_n(g['max_ms'], 1)} | "
+                         f"{_n(g['total_ms'], 1)} |")
     return lines
 
 

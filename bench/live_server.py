@@ -20,6 +20,7 @@ from ``/proc`` which thread pool spent the CPU time.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import sys
@@ -30,6 +31,9 @@ from typing import Any
 
 #: One row per encoded video frame (appended from aiortc's executor threads; list.append is atomic).
 RECORDS: list[tuple[float, int, float, float, float, int]] = []
+#: One row per garbage collection: [end time.monotonic(), generation, milliseconds]. A collection
+#: holds the GIL throughout, so every Python thread of the server (event loop, render pool) stalls.
+GC_PAUSES: list[tuple[float, int, float]] = []
 #: Kernel thread id -> Python thread name, of every thread seen alive.
 THREAD_NAMES: dict[int, str] = {}
 
@@ -64,6 +68,15 @@ def install_hooks() -> None:
                         sum(len(p) for p in result[0])))
         return result
 
+    started: list[float] = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            GC_PAUSES.append((time.monotonic(), info["generation"], 1000 * (time.perf_counter() - started[0])))
+
+    gc.callbacks.append(on_gc)
     tracks.AvatarVideoTrack.recv = recv  # type: ignore[method-assign]
     vpx.Vp8Encoder.encode = encode  # type: ignore[method-assign]
 
@@ -82,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         return emote_main(["serve", *serve_options])
     finally:
         rows = [[round(v, 4) if isinstance(v, float) else v for v in row] for row in list(RECORDS)]
-        out.write_text(json.dumps({"encode": rows, "threads": dict(THREAD_NAMES)}))
+        pauses = [[round(t, 4), gen, round(ms, 3)] for t, gen, ms in list(GC_PAUSES)]
+        out.write_text(json.dumps({"encode": rows, "threads": dict(THREAD_NAMES), "gc": pauses}))
 
 
 if __name__ == "__main__":

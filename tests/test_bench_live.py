@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.live import gc_summary
 from bench.live_report import LIVE_END, LIVE_START, keep_live, max_sessions, replace_live
 from bench.live_stats import av_offset, encode_summary, mouth_box, summarize_call
 from bench.report import END, START
@@ -61,6 +62,13 @@ def test_encode_summary_keeps_the_window_and_splits_per_call() -> None:
     assert e["frames"] == 500 and e["encoders"] == 2 and e["fps_per_encoder"] == pytest.approx(25.0)
     assert e["total_p50_ms"] == pytest.approx(9.0) and e["kbit_s_per_encoder"] == pytest.approx(500.0)
     assert encode_summary(rows, 100.0, 110.0) == {"frames": 0}
+
+
+def test_gc_summary_counts_the_window_only() -> None:
+    pauses = [[9.0, 2, 120.0], [10.5, 0, 1.5], [11.0, 2, 95.0], [12.0, 1, 4.0], [20.5, 2, 300.0]]
+    g = gc_summary(pauses, 10.0, 20.0)
+    assert g["count"] == [1, 1, 1] and g["max_ms"] == 95.0 and g["total_ms"] == 100.5
+    assert gc_summary([], 0.0, 1.0) == {"count": [0, 0, 0], "max_ms": 0.0, "total_ms": 0.0}
 
 
 def test_mouth_box_surrounds_the_lips_inside_the_picture() -> None:
@@ -114,7 +122,8 @@ def test_quick_live_bench_writes_its_section(tmp_path: Path) -> None:
     assert "offline numbers" in text and text.count(LIVE_START) == 1 and text.index(LIVE_END) < text.index(END)
     for heading in ("#### Targets", "#### Latency", "#### Calls", "#### A/V offset", "#### Method"):
         assert heading in text, heading
-    for row in ("mic x1", "agent x1", "mic x2", "Latency p95 ≤ 250 ms", "concurrent calls", "Load average"):
+    for row in ("mic x1", "agent x1", "mic x2", "Latency p95 ≤ 250 ms", "concurrent calls", "Load average",
+                "Garbage collections in the server"):
         assert row in text, row
     assert text.count("| **met** |") + text.count("| **missed** |") == 4
     assert "| **PASS** |" not in text  # the offline targets' verdicts stay the offline part's own
