@@ -16,18 +16,14 @@ period as the lips it drove; microphone ticks only move the lips (the caller
 is not echoed) and pass the silero-vad speech gate first; idle ticks give the
 generator's idle motion (blinks, gaze, head drift, lips at rest).
 
-Queues and their overflow policies:
+Queues and their overflow policies (the input side lives in
+:mod:`streaming.session_inputs`):
 
 - speech: up to ``max_speech_s`` seconds wait to be played; :meth:`push_speech`
   then awaits (back-pressure on the TTS or agent connection);
-- microphone: at most ``max_mic_ms`` are held; older audio is dropped (live
-  audio is only useful now: when a late packet made the producer fill in
-  silence, the burst that follows would otherwise play that much later), and
-  microphone audio arriving while the avatar speaks is discarded. Filled-in
-  silence leaves the caller's audio playing later; when a whole second of
-  microphone frames was ready more than a tick earlier than needed, 20 ms of
-  incoming audio is skipped (like a receiver's adaptive jitter buffer), so
-  live latency returns to its minimum without dropping rendered frames;
+- microphone: at most ``max_mic_ms`` are held, older audio dropped, and 20 ms
+  skipped now and then when it runs late (see :mod:`streaming.session_inputs`);
+  microphone audio arriving while the avatar speaks is discarded;
 - frames: at most ``max_video_s`` seconds are rendered ahead (the producer
   waits); see :mod:`streaming.playout` for late frames and catching up.
 
@@ -55,7 +51,8 @@ import numpy as np
 from model.motion import MotionGenerator
 from streaming.clock import Clock, MonotonicClock
 from streaming.playout import AudioOut, FrameEntry, Playout, SessionClosed, TickInfo, VideoOut
-from streaming.resample import StreamResampler, to_float32, to_int16
+from streaming.resample import StreamResampler, to_int16
+from streaming.session_inputs import RATE, InputQueues, Segment, SpeechCleared
 from streaming.session_stats import LatencyStats, SessionStats
 from streaming.speech_gate import SpeechGate
 from streaming.windower import AudioWindower
@@ -67,10 +64,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-RATE = 48000
-TICK = 960  # samples per 20 ms tick at 48 kHz
 MODEL_RATE = 16000
-MIC_SLACK_FRAMES = 25  # microphone frames over which the latency adaptation looks at the slack
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,41 +135,6 @@ class SessionFailed:
 SessionEvent = PlaybackStarted | PlaybackFinished | SessionFailed
 
 
-class SpeechCleared(Exception):
-    """:meth:`AvatarSession.push_speech` was waiting for room when :meth:`AvatarSession.clear` was
-    called: that speech belongs to the interrupted turn and was dropped."""
-
-
-@dataclass
-class _Segment:
-    id: int
-    pending: int = 0  # samples queued, not yet taken into ticks
-    taken: int = 0  # samples taken into ticks
-    ended: bool = False
-    started: bool = False
-    finished: bool = False
-    last_seq: int = -1
-    played_seq: int = -1
-    played_s: float = 0.0
-    resampler: StreamResampler | None = None
-
-
-def _take_samples(fifo: deque[list[Any]], out: np.ndarray, tag: object) -> int:
-    """Fill ``out`` from the front of a FIFO of ``[tag, samples, arrival]`` blocks, stopping at a block
-    with another tag (a speech segment's end); returns how many samples were taken."""
-    filled = 0
-    while filled < len(out) and fifo and fifo[0][0] is tag:
-        block = fifo[0][1]
-        n = min(len(out) - filled, len(block))
-        out[filled : filled + n] = block[:n]
-        filled += n
-        if n == len(block):
-            fifo.popleft()
-        else:
-            fifo[0][1] = block[n:]
-    return filled
-
-
 class AvatarSession:
     """The live pipeline of one avatar (see the module docstring).
 
@@ -217,26 +176,12 @@ class AvatarSession:
                                max_frames=max(2, round(cfg.max_video_s * cfg.fps)),
                                catch_up_frames=cfg.catch_up_frames, startup_delay_s=cfg.startup_delay_ms / 1000,
                                on_play=self._on_play)
-        self._speech: deque[list[Any]] = deque()  # [segment, float32 samples at 48 kHz, arrival time]
-        self._speech_samples = 0
-        self._segments: dict[int, _Segment] = {}
-        self._open: _Segment | None = None
-        self._next_segment = 1
-        self._mic: deque[list[Any]] = deque()  # [None, float32 samples at 48 kHz, arrival time]
-        self._mic_samples = 0
-        self._mic_in: StreamResampler | None = None
-        self._mic_debt = 0  # samples of arriving microphone audio to skip (latency adaptation)
-        self._mic_slack: list[float] = []  # how early recent microphone frames were ready
+        self.inputs = InputQueues(self.clock, max_speech_s=cfg.max_speech_s, max_mic_ms=cfg.max_mic_ms)
         self._timeline: deque[tuple[np.ndarray, TickInfo]] = deque()  # ticks not yet in a frame
         self._timeline_start = 0  # timeline sample of _timeline[0]
-        self._seq = 0
         self._frames_made = 0
         self._zero_pending = False
-        self._waiting = False  # the producer found no audio and waited for some
-        self._clears = 0  # how many times clear() was called (speech waiting across one is dropped)
         self.error: BaseException | None = None  # what stopped the producer, if it failed
-        self._input = asyncio.Event()
-        self._drained = asyncio.Event()
         self._listeners: list[Callable[[SessionEvent], None]] = []
         self._latency = LatencyStats()
         self._step_s = 0.0
@@ -284,8 +229,7 @@ class AvatarSession:
             return
         self.closed = True
         self.playout.close()
-        self._input.set()
-        self._drained.set()
+        self.inputs.close()
         if self._task is not None and not self._task.done():
             self._task.cancel()
             try:
@@ -294,8 +238,6 @@ class AvatarSession:
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():
                     raise  # our caller is being cancelled too: let it through
-        self._speech.clear()
-        self._mic.clear()
         self._timeline.clear()
 
     def add_listener(self, listener: Callable[[SessionEvent], None]) -> None:
@@ -309,20 +251,8 @@ class AvatarSession:
     # -- inputs --------------------------------------------------------------------------------
     def push_microphone(self, samples: np.ndarray, sample_rate: int) -> None:
         """Live caller audio (mono, int16 or float); never blocks, drops the oldest beyond ``max_mic_ms``."""
-        if self.closed:
-            return
-        if self._mic_in is None or self._mic_in.in_rate != sample_rate:
-            self._mic_in = StreamResampler(sample_rate, RATE)
-        block = self._mic_in.process(samples)
-        if self._mic_debt:  # the timeline runs late (see _adapt_mic_latency): skip some caller audio
-            skip = min(self._mic_debt, len(block))
-            block, self._mic_debt = block[skip:], self._mic_debt - skip
-        self._mic.append([None, block, self.clock.now()])
-        self._mic_samples += len(block)
-        excess = self._mic_samples - int(self.config.max_mic_ms * RATE / 1000)
-        if excess > 0:  # live audio is only useful now: drop the oldest
-            self._pop_mic(excess)
-        self._input.set()
+        if not self.closed:
+            self.inputs.push_microphone(samples, sample_rate)
 
     async def push_speech(self, samples: np.ndarray, sample_rate: int) -> int:
         """Queue speech for the avatar to say; awaits while ``max_speech_s`` are already queued.
@@ -340,64 +270,24 @@ class AvatarSession:
             SpeechCleared: :meth:`clear` was called while this call waited for room; the
                 samples were dropped with the rest of the interrupted speech.
         """
-        x = to_float32(samples)
-        epoch = self._clears
-        while not self.closed and self._speech_samples >= self.config.max_speech_s * RATE:
-            self._drained.clear()
-            await self._drained.wait()
-            if self._clears != epoch:
-                raise SpeechCleared("clear() was called while this speech waited to be queued")
-        if self.closed:
-            raise SessionClosed("the avatar session is closed")
-        seg = self._open
-        if seg is None:
-            seg = self._open = _Segment(self._next_segment)
-            self._segments[seg.id] = seg
-            self._next_segment += 1
-        if seg.resampler is None or seg.resampler.in_rate != sample_rate:
-            if seg.resampler is not None:
-                self._queue_speech(seg, seg.resampler.flush())
-            seg.resampler = StreamResampler(sample_rate, RATE)
-        self._queue_speech(seg, seg.resampler.process(x))
-        return seg.id
+        return await self.inputs.push_speech(samples, sample_rate)
 
     def end_of_speech(self) -> None:
         """Close the open segment; :class:`PlaybackFinished` follows once it has played."""
-        seg, self._open = self._open, None
-        if seg is None:
-            return
-        if seg.resampler is not None:
-            self._queue_speech(seg, seg.resampler.flush())
-        seg.ended = True
-        self._maybe_finish(seg)
-        self._input.set()
+        seg = self.inputs.end_of_speech()
+        if seg is not None:
+            self._maybe_finish(seg)
 
     def clear(self) -> None:
         """Interrupt: drop queued speech, microphone audio and frames now (see the module docstring)."""
-        self._open = None
-        self._clears += 1
-        for seg in list(self._segments.values()):
+        for seg in self.inputs.clear():
             self._finish(seg, interrupted=True)
-        self._segments.clear()
-        self._speech.clear()
-        self._speech_samples = 0
-        self._mic.clear()
-        self._mic_samples = 0
         self.playout.clear()
         for i, (audio, tick) in enumerate(self._timeline):
             if tick.source == "speech":
                 audio[:] = 0.0
                 self._timeline[i] = (audio, TickInfo(tick.seq, "idle", None, 0.0, tick.arrival))
         self._zero_pending = True
-        self._drained.set()
-        self._input.set()
-
-    def _queue_speech(self, seg: _Segment, block: np.ndarray) -> None:
-        if len(block):
-            self._speech.append([seg, block, self.clock.now()])
-            self._speech_samples += len(block)
-            seg.pending += len(block)
-            self._input.set()
 
     # -- outputs -------------------------------------------------------------------------------
     async def next_video(self) -> VideoOut:
@@ -414,7 +304,7 @@ class AvatarSession:
         return SessionStats(
             frames=p._assigned + 1, late_frames=p.late_frames, dropped_frames=p.dropped_frames,
             skipped_periods=p.skipped_periods, queued_frames=len(p.entries),
-            queued_speech_s=self._speech_samples / RATE, step_ms_mean=1000 * self._step_s / max(self._steps, 1),
+            queued_speech_s=self.inputs.speech_samples / RATE, step_ms_mean=1000 * self._step_s / max(self._steps, 1),
             latency_ms_p50=self._latency.percentile(50), latency_ms_p95=self._latency.percentile(95),
             latency_samples=len(self._latency),
         )  # fmt: skip
@@ -425,87 +315,37 @@ class AvatarSession:
         await self.playout.started.wait()
         while not self.closed:
             await self.playout.wait_for_space()
-            tick = self._take_tick(force=False)
+            tick = self.inputs.take_tick(force=False)
             if tick is None:
                 due = self.playout.next_due()
                 assert due is not None  # the clock has started
                 deadline = due - self.config.margin_ms / 1000.0
                 if self.clock.now() < deadline:
-                    self._waiting = True
+                    self.inputs.waiting = True
                     await self._wait_input(deadline)
                     continue
-                tick = self._take_tick(force=True)
+                tick = self.inputs.take_tick(force=True)
             audio, info = tick
             zero, self._zero_pending = self._zero_pending, False
             # Only speech is played back: the caller's microphone is not echoed.
             self._timeline.append((audio if info.source == "speech" else np.zeros_like(audio), info))
             images = await loop.run_in_executor(self.executor, self._advance, audio, info.source == "mic", zero)
-            if images and info.source == "mic":
-                self._adapt_mic_latency()
+            if images and info.source == "mic" and (due := self.playout.next_due()) is not None:
+                self.inputs.adapt_mic_latency(due - self.config.margin_ms / 1000.0 - self.clock.now())
             for image in images:
                 if not self.closed:
                     self.playout.push(self._frame_entry(image))
 
     async def _wait_input(self, deadline: float) -> None:
-        self._input.clear()
-        waiters = {asyncio.ensure_future(self._input.wait()), asyncio.ensure_future(self.clock.sleep_until(deadline))}
+        self.inputs.arrived.clear()
+        waiters = {asyncio.ensure_future(self.inputs.arrived.wait()),
+                   asyncio.ensure_future(self.clock.sleep_until(deadline))}
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for w in waiters:
                 w.cancel()
             await asyncio.gather(*waiters, return_exceptions=True)
-
-    def _take_tick(self, *, force: bool) -> tuple[np.ndarray, TickInfo] | None:
-        """The next 20 ms of the timeline from the first source that has it (``force``: silence if none)."""
-        now = self.clock.now()
-        seq = self._seq
-        if self._speech:
-            seg: _Segment = self._speech[0][0]
-            if seg.pending >= TICK or seg.ended or force:
-                audio = np.zeros(TICK, np.float32)
-                arrival = self._speech[0][2]
-                filled = _take_samples(self._speech, audio, seg)
-                seg.pending -= filled
-                seg.taken += filled
-                self._speech_samples -= filled
-                seg.last_seq = seq
-                self._drained.set()
-                self._discard_mic(TICK)
-                self._seq += 1
-                live, self._waiting = self._waiting, False
-                return audio, TickInfo(seq, "speech", seg.id, seg.taken / RATE, arrival, live)
-            return None  # the rest of this tick's speech is on its way: wait for it (or the deadline)
-        if self._mic_samples >= TICK:
-            arrival = self._mic[0][2]
-            audio = self._pop_mic(TICK)
-            self._seq += 1
-            return audio, TickInfo(seq, "mic", None, 0.0, arrival)
-        if force:
-            self._seq += 1
-            self._waiting = False
-            return np.zeros(TICK, np.float32), TickInfo(seq, "idle", None, 0.0, now)
-        return None
-
-    def _adapt_mic_latency(self) -> None:
-        """Skip 20 ms of caller audio when every recent microphone frame was ready a tick early."""
-        due = self.playout.next_due()
-        if due is None:
-            return
-        self._mic_slack.append(due - self.config.margin_ms / 1000.0 - self.clock.now())
-        if len(self._mic_slack) >= MIC_SLACK_FRAMES:
-            if min(self._mic_slack) > TICK / RATE:
-                self._mic_debt += TICK
-            self._mic_slack.clear()
-
-    def _pop_mic(self, n: int) -> np.ndarray:
-        out = np.zeros(n, np.float32)
-        self._mic_samples -= _take_samples(self._mic, out, None)
-        return out
-
-    def _discard_mic(self, n: int) -> None:
-        if self._mic_samples:
-            self._pop_mic(min(n, self._mic_samples))
 
     def _advance(self, audio48: np.ndarray, is_mic: bool, zero_pending: bool) -> list[np.ndarray]:
         """One tick through the model and renderer (runs in the executor)."""
@@ -548,7 +388,7 @@ class AvatarSession:
         if not entry.late and (arrival := entry.arrival) is not None:
             self._latency.add(1000.0 * (self.clock.now() - arrival))
         for tick in entry.ticks:
-            seg = self._segments.get(tick.segment) if tick.segment is not None else None
+            seg = self.inputs.segments.get(tick.segment) if tick.segment is not None else None
             if seg is None or seg.finished:
                 continue
             if not seg.started:
@@ -558,18 +398,18 @@ class AvatarSession:
             seg.played_s = max(seg.played_s, tick.position_s)
             self._maybe_finish(seg)
 
-    def _maybe_finish(self, seg: _Segment) -> None:
+    def _maybe_finish(self, seg: Segment) -> None:
         if seg.ended and not seg.finished and seg.pending == 0 and seg.played_seq >= seg.last_seq:
             if not seg.started:  # an empty segment
                 seg.started = True
                 self._emit(PlaybackStarted(seg.id))
             self._finish(seg, interrupted=False)
 
-    def _finish(self, seg: _Segment, *, interrupted: bool) -> None:
+    def _finish(self, seg: Segment, *, interrupted: bool) -> None:
         if seg.finished:
             return
         seg.finished = True
-        self._segments.pop(seg.id, None)
+        self.inputs.segments.pop(seg.id, None)
         self._emit(PlaybackFinished(seg.id, round(seg.played_s, 3), interrupted))
 
     def _emit(self, event: SessionEvent) -> None:

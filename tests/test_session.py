@@ -191,7 +191,7 @@ async def test_microphone_moves_the_lips_but_is_not_echoed_and_its_buffer_is_bou
             await d.run(0.02)
         await d.run(0.5)
         d.session.push_microphone(np.zeros(48000 * 5, np.int16), 48000)  # a 5 s burst at once
-        held = d.session._mic_samples
+        held = d.session.inputs.mic_samples
         stats = d.session.stats()
     assert not d.received.audio_samples.any()
     assert d.received.jaw.max() > 0.2
@@ -251,7 +251,7 @@ async def test_close_ends_the_tracks_and_releases_everything() -> None:
         await session.next_video()
     with pytest.raises(SessionClosed):
         await session.push_speech(bursts(0.1), 16000)
-    assert not session._timeline and not session._speech and not session.playout.entries
+    assert not session._timeline and not session.inputs.speech and not session.playout.entries
     await session.aclose()  # idempotent
     leftover = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
     assert not leftover
