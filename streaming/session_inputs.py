@@ -4,7 +4,8 @@
 
 - speech it says (TTS or agent push), in segments (one per utterance: a segment opens at the first
   push after ``end_of_speech`` or ``clear``), up to ``max_speech_s`` seconds; ``push_speech`` then
-  awaits (back-pressure on the TTS or agent connection);
+  awaits (back-pressure on the TTS or agent connection); a tick that is due before its speech has
+  all arrived is padded with silence;
 - live microphone audio, at most ``max_mic_ms``, older audio dropped (live audio is only useful now:
   when a late packet made the producer fill in silence, the burst that follows would otherwise play
   that much later); microphone audio arriving while the avatar speaks is discarded. When a whole
@@ -55,20 +56,25 @@ class Segment:
     resampler: StreamResampler | None = None
 
 
-def take_samples(fifo: deque[list[Any]], out: np.ndarray, tag: object) -> int:
+def take_samples(fifo: deque[list[Any]], out: np.ndarray, tag: object) -> tuple[int, float | None]:
     """Fill ``out`` from the front of a FIFO of ``[tag, samples, arrival]`` blocks, stopping at a block
-    with another tag (a speech segment's end); returns how many samples were taken."""
+    with another tag (a speech segment's end); returns how many samples were taken and the arrival
+    time of the newest block they came from (the audio a tick first shows: its latency counts from
+    there, not from the tail of an older block the tick starts with)."""
     filled = 0
+    newest = None
     while filled < len(out) and fifo and fifo[0][0] is tag:
         block = fifo[0][1]
         n = min(len(out) - filled, len(block))
         out[filled : filled + n] = block[:n]
         filled += n
+        if n:
+            newest = fifo[0][2]
         if n == len(block):
             fifo.popleft()
         else:
             fifo[0][1] = block[n:]
-    return filled
+    return filled, newest
 
 
 class InputQueues:
@@ -128,10 +134,11 @@ class InputQueues:
                 self._mic_debt += TICK
             self._mic_slack.clear()
 
-    def _pop_mic(self, n: int) -> np.ndarray:
+    def _pop_mic(self, n: int) -> tuple[np.ndarray, float | None]:
         out = np.zeros(n, np.float32)
-        self.mic_samples -= take_samples(self.mic, out, None)
-        return out
+        taken, newest = take_samples(self.mic, out, None)
+        self.mic_samples -= taken
+        return out, newest
 
     # -- speech --------------------------------------------------------------------------------
     async def push_speech(self, samples: np.ndarray, sample_rate: int) -> int:
@@ -208,8 +215,8 @@ class InputQueues:
             seg: Segment = self.speech[0][0]
             if seg.pending >= TICK or seg.ended or force:
                 audio = np.zeros(TICK, np.float32)
-                arrival = self.speech[0][2]
-                filled = take_samples(self.speech, audio, seg)
+                filled, newest = take_samples(self.speech, audio, seg)
+                arrival = self.clock.now() if newest is None else newest
                 seg.pending -= filled
                 seg.taken += filled
                 self.speech_samples -= filled
@@ -222,10 +229,9 @@ class InputQueues:
                 return audio, TickInfo(seq, "speech", seg.id, seg.taken / RATE, arrival, live)
             return None  # the rest of this tick's speech is on its way: wait for it (or the deadline)
         if self.mic_samples >= TICK:
-            arrival = self.mic[0][2]
-            audio = self._pop_mic(TICK)
+            audio, newest = self._pop_mic(TICK)
             self.seq += 1
-            return audio, TickInfo(seq, "mic", None, 0.0, arrival)
+            return audio, TickInfo(seq, "mic", None, 0.0, self.clock.now() if newest is None else newest)
         if force:
             self.seq += 1
             self.waiting = False

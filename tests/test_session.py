@@ -435,3 +435,18 @@ async def test_aclose_lets_its_callers_cancellation_through() -> None:
     with pytest.raises(asyncio.CancelledError):
         await closing
     assert session.closed
+
+
+@pytest.mark.asyncio
+async def test_a_ticks_latency_counts_from_the_newest_audio_it_shows() -> None:
+    """A tick that starts with the tail of an older packet shows the next packet first: its arrival."""
+    from streaming.session_inputs import InputQueues
+
+    clock = VirtualClock()
+    q = InputQueues(clock, max_speech_s=20.0, max_mic_ms=200.0)
+    q.push_microphone(np.full(1000, 1000, np.int16), 48000)  # 20.8 ms: a tick and a 40-sample tail
+    await clock.advance(0.02)
+    q.push_microphone(np.full(1000, 1000, np.int16), 48000)
+    first, second = q.take_tick(force=False), q.take_tick(force=False)
+    assert first is not None and second is not None
+    assert first[1].arrival == pytest.approx(0.0) and second[1].arrival == pytest.approx(0.02)
