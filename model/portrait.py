@@ -127,8 +127,7 @@ def analyze_portrait(
         loaded = image_io.decode_portrait(data, name, max_side=max_side)
         source_id, kind = hashlib.sha256(data).hexdigest(), "file"
     index = int(face_index or 0)
-    key = f"{source_id}|{kind}|{index}|{max_side}|{ANALYSIS_VERSION}|{detector_version()}"
-    path = Path(cache_dir or default_cache_dir()) / f"{hashlib.sha256(key.encode()).hexdigest()[:40]}.npz"
+    path = _cache_path(source_id, kind, index, max_side, cache_dir)
     result = _load_cached(path, loaded, source_id) if use_cache else None
     if result is None:
         result = _analyze(loaded, name, index, source_id)
@@ -321,6 +320,21 @@ def _person_matte(rgb: np.ndarray, alpha: np.ndarray | None, faces: list[_Face])
     if alpha is not None:
         matte = np.minimum(matte, alpha)
     return np.round(np.clip(matte, 0.0, 1.0) * _U16).astype(np.uint16) / _U16
+
+
+def cached_analysis_path(
+    path: str | os.PathLike[str], *, face_index: int | None = None, cache_dir: str | os.PathLike[str] | None = None,
+    max_side: int = DEFAULT_MAX_SIDE,
+) -> Path:
+    """Where :func:`analyze_portrait` keeps (or would keep) its result for this image file (which
+    must exist): for deleting it together with a file that is not needed any more."""
+    source_id = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return _cache_path(source_id, "file", int(face_index or 0), max_side, cache_dir)
+
+
+def _cache_path(source_id: str, kind: str, index: int, max_side: int, cache_dir: str | os.PathLike[str] | None) -> Path:
+    key = f"{source_id}|{kind}|{index}|{max_side}|{ANALYSIS_VERSION}|{detector_version()}"
+    return Path(cache_dir or default_cache_dir()) / f"{hashlib.sha256(key.encode()).hexdigest()[:40]}.npz"
 
 
 _CACHED_ARRAYS = {"landmarks": (N_LANDMARKS, 3), "coeffs": (N_COEFFS,), "transform": (4, 4), "yaw_pitch_roll": (3,)}

@@ -40,7 +40,7 @@ from PIL import Image, UnidentifiedImageError
 
 from model.errors import NotAnImageError, PortraitError
 from model.framing import FramedPortrait
-from model.portrait import analyze_portrait
+from model.portrait import analyze_portrait, cached_analysis_path
 from model.renderer import Renderer
 from streaming.offline import prepare_portrait
 from streaming.speech_gate import SpeechGate
@@ -123,7 +123,8 @@ class PortraitStore:
         self._default = PortraitInfo(DEFAULT_ID, default_name or default.stem, "bundled", default, _media_type(default))
         self._uploaded: dict[str, PortraitInfo] = {}  # least recently uploaded first
         self._load_existing()
-        self._evict()
+        for info in self._evict():
+            _delete_upload(info)
 
     @property
     def default(self) -> PortraitInfo:
@@ -172,26 +173,35 @@ class PortraitStore:
         info = await loop.run_in_executor(self._executor, self._check_and_save, data, name, portrait_id)
         # Two identical uploads may both get here; the second finds the same file and entry.
         info = self._uploaded.setdefault(portrait_id, info)
-        self._evict()
+        for old in self._evict():
+            # Hashing and deleting a 10 MiB file would stall the event loop for tens of milliseconds.
+            await loop.run_in_executor(self._executor, _delete_upload, old)
         return info, True
 
-    def _evict(self) -> None:
-        """Delete the least recently uploaded portraits beyond :attr:`max_uploads`."""
+    def _evict(self) -> list[PortraitInfo]:
+        """Forget the least recently uploaded portraits beyond :attr:`max_uploads`; returns them (their
+        files are deleted by :func:`_delete_upload`, off the event loop)."""
+        evicted = []
         while len(self._uploaded) > self.max_uploads:
             oldest = next(iter(self._uploaded.values()))
             del self._uploaded[oldest.id]
-            for path in (oldest.path, oldest.path.with_suffix(".json")):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+            evicted.append(oldest)
             log.info("portrait %s (%s) deleted: more than %d uploads are kept", oldest.id, oldest.name,
                      self.max_uploads)
+        return evicted
 
     def _check_and_save(self, data: bytes, name: str, portrait_id: str) -> PortraitInfo:
         """Runs on a worker thread: sniff the format, analyse the face, write the file atomically."""
         try:
             with Image.open(io.BytesIO(data)) as img:
                 fmt = img.format or ""
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
+        except UnidentifiedImageError:
+            raise NotAnImageError(f"{name}: not a readable image (no image format recognised in its "
+                                  "bytes); upload a JPEG, PNG or WebP photo") from None
+        except Image.DecompressionBombError:
+            raise NotAnImageError(f"{name}: the picture has too many pixels to be an image this server "
+                                  "reads; upload a photo of at most a few thousand pixels a side") from None
+        except (OSError, ValueError) as exc:
             raise NotAnImageError(f"{name}: not a readable image ({exc}); upload a JPEG, PNG or WebP photo") from exc
         suffix = _SUFFIXES.get(fmt)
         if suffix is None:
@@ -343,6 +353,16 @@ def _warm_gate() -> SpeechGate:
     gate = SpeechGate()
     gate.warm_up()  # TorchScript's slow first calls happen here, not in a live call
     return gate
+
+
+def _delete_upload(info: PortraitInfo) -> None:
+    """Delete an evicted upload: the image, its name file, and the face analysis cached for it."""
+    paths = [info.path, info.path.with_suffix(".json")]
+    with contextlib.suppress(OSError):
+        paths.append(cached_analysis_path(info.path, face_index=0))  # what _analyze_face cached
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def _analyze_face(path: Path) -> object:

@@ -471,6 +471,7 @@ async def test_upload_limits_and_malformed_uploads(app_client: Any) -> None:
     assert not_multipart.status_code == 400 and "multipart" in not_multipart.json()["error"]
     text = await client.post("/portraits", files={"image": ("notes.txt", b"hello there", "text/plain")})
     assert text.status_code == 422 and "notes.txt" in text.json()["error"]
+    assert "JPEG, PNG or WebP" in text.json()["error"] and " object at 0x" not in text.json()["error"]
     assert [p["id"] for p in (await client.get("/portraits")).json()["portraits"]] == ["default"]
 
 
@@ -502,7 +503,12 @@ async def test_concurrent_uploads_beyond_the_limit_are_503_with_retry_after(tmp_
 
 
 @pytest.mark.asyncio
-async def test_stored_uploads_are_capped_oldest_out_never_the_default(tmp_path: Path) -> None:
+async def test_stored_uploads_are_capped_oldest_out_never_the_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from model.portrait import cached_analysis_path
+
+    monkeypatch.setenv("EMOTE_CACHE_DIR", str(tmp_path / "analysis-cache"))
     fakes = Fakes()
     app = fake_app(tmp_path, fakes, max_stored_uploads=3)
     folder = tmp_path / "data" / "portraits"
@@ -513,11 +519,17 @@ async def test_stored_uploads_are_capped_oldest_out_never_the_default(tmp_path: 
             assert response.status_code in (200, 201), response.text
             return response.json()["portrait_id"]
 
-        ids = [await upload(seed) for seed in range(4)]
+        ids = [await upload(seed) for seed in range(3)]
+        # What the real face analysis would have cached for the first upload (the fake analyser writes none).
+        cached = cached_analysis_path(folder / f"{ids[0]}.png", face_index=0)
+        cached.parent.mkdir(parents=True)
+        cached.write_bytes(b"analysis")
+        ids.append(await upload(3))
         listed = [p["id"] for p in (await client.get("/portraits")).json()["portraits"]]
         assert listed == ["default", *ids[1:]]  # the oldest upload went
         assert (await client.get(f"/portraits/{ids[0]}/image")).status_code == 404
         assert not list(folder.glob(f"{ids[0]}.*"))  # image and sidecar deleted
+        assert not cached.exists()  # and the face analysis cached for it
         assert await upload(1) == ids[1]  # uploaded again: now the most recent
         await upload(4)
         listed = [p["id"] for p in (await client.get("/portraits")).json()["portraits"]]
