@@ -46,6 +46,7 @@ from model.errors import DependencyError, InputError, OptionError, PortraitError
 from server import tts
 from server.agent_ws import agent_audio_endpoint
 from server.config import ServerConfig
+from server.face_check import FaceChecker
 from server.portraits import PortraitStore, UnknownPortraitError
 from server.sessions import (
     PeerBuilder,
@@ -97,7 +98,7 @@ class ServerState:
     config: ServerConfig
     portraits: PortraitStore
     manager: SessionManager
-    executors: tuple[ThreadPoolExecutor, ...]
+    executors: tuple[ThreadPoolExecutor | FaceChecker, ...]
 
     async def aclose(self) -> None:
         """Close every session, then the worker pools (waiting for work in flight)."""
@@ -118,18 +119,20 @@ def create_app(
     Args:
         config: the server settings.
         build_session, build_peer: replace the real session or WebRTC peer (tests pass fakes).
-        analyze_portrait: replaces the face analysis that checks uploads (tests pass a cheaper one).
+        analyze_portrait: replaces the face analysis that checks uploads (tests pass a cheaper one);
+            by default it runs in a worker process (:class:`~server.face_check.FaceChecker`).
     """
     render = ThreadPoolExecutor(config.render_threads, thread_name_prefix="emote-render")
     prepare = ThreadPoolExecutor(1, thread_name_prefix="emote-prepare")
     speech = ThreadPoolExecutor(1, thread_name_prefix="emote-tts")
+    faces = FaceChecker()
     default = config.portrait or default_portrait_path()
-    portraits = PortraitStore(default, config.upload_dir, executor=prepare, analyze=analyze_portrait,
+    portraits = PortraitStore(default, config.upload_dir, executor=prepare, analyze=analyze_portrait or faces,
                               default_name=None if config.portrait else "Grace Hopper",
                               max_uploads=config.max_stored_uploads)
     manager = SessionManager(config, portraits, render_executor=render, prepare_executor=prepare,
                              build_session=build_session, build_peer=build_peer)
-    state = ServerState(config, portraits, manager, (render, prepare, speech))
+    state = ServerState(config, portraits, manager, (render, prepare, speech, faces))
     routes = _Routes(state, speech)
 
     @asynccontextmanager

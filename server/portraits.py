@@ -359,7 +359,7 @@ def _delete_upload(info: PortraitInfo) -> None:
     """Delete an evicted upload: the image, its name file, and the face analysis cached for it."""
     paths = [info.path, info.path.with_suffix(".json")]
     with contextlib.suppress(OSError):
-        paths.append(cached_analysis_path(info.path, face_index=0))  # what _analyze_face cached
+        paths.append(cached_analysis_path(info.path, face_index=0))  # what the face analysis cached
     for path in paths:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
