@@ -165,8 +165,9 @@ def _e2e(res: Any) -> list[str]:
         lines.append(f"| {i + 1} | {r['caches']} | {r['wall_s']:.1f} | {inner} | {r['frames']} | {r['rtf']:.3f} "
                      f"| {1 / r['rtf']:.1f} | {r['load']:.2f} |")
     if getattr(res, "compile_s", None) is not None:
-        lines += ["", f"Before run 1, compiling the numba kernels into an empty cache took {res.compile_s:.1f} s "
-                  "(a fresh interpreter running `streaming.offline.warm_kernels`, as the install step does once)."]
+        lines += ["", f"Before run 1, the install step's `streaming.offline.warm_kernels` took {res.compile_s:.1f} s "
+                  "in a fresh interpreter with an empty numba cache (imports, analysing the default portrait, and "
+                  "numba compiling the render kernels; done once at install)."]
     p = res.pipeline
     if p is not None:
         other = p.wall_s - p.analysis_s - p.motion_s - p.render_s - p.encode_wait_s

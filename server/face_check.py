@@ -14,14 +14,25 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from model.errors import PortraitError
 
 log = logging.getLogger(__name__)
+
+#: An analysis takes 0.1-0.6 s; a worker this slow is stuck and is replaced.
+TIMEOUT_S = 60.0
+
+
+def _ignore_sigint() -> None:
+    """The worker's initializer: Ctrl-C on the server's terminal reaches its whole process group, and
+    the server shuts the worker down itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def check_portrait_file(path: str) -> int:
@@ -44,7 +55,12 @@ class FaceChecker:
         for attempt in range(2):
             pool = self._get_pool()
             try:
-                return pool.submit(check_portrait_file, os.fspath(path)).result()
+                return pool.submit(check_portrait_file, os.fspath(path)).result(timeout=TIMEOUT_S)
+            except FutureTimeout:
+                log.warning("the face analysis worker took over %.0f s; starting another", TIMEOUT_S)
+                self._drop(pool, kill=True)
+                raise PortraitError(f"{path}: the face analysis did not finish in {TIMEOUT_S:.0f} s; try "
+                                    "a smaller photo, a few thousand pixels a side at most") from None
             except BrokenProcessPool:
                 log.warning("the face analysis worker died; starting another")
                 self._drop(pool)
@@ -59,13 +75,17 @@ class FaceChecker:
                 raise RuntimeError("the face analysis worker was shut down")
             if self._pool is None:
                 # spawn, not fork: the server has threads (uvicorn, torch, aiortc) that fork would copy badly.
-                self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+                self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=_ignore_sigint)
             return self._pool
 
-    def _drop(self, pool: ProcessPoolExecutor) -> None:
+    def _drop(self, pool: ProcessPoolExecutor, *, kill: bool = False) -> None:
         with self._lock:
             if self._pool is pool:
                 self._pool = None
+        if kill:
+            for process in list(getattr(pool, "_processes", {}).values()):  # no public way to stop a stuck one
+                process.kill()
         pool.shutdown(wait=False, cancel_futures=True)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

@@ -4,12 +4,13 @@
 default portrait (the bundled Grace Hopper photograph, or ``emote serve --portrait``) has the id
 ``default``; an upload's id is the first 16 hex digits of the SHA-256 of its bytes, so uploading the
 same photo twice gives the same id. Uploads are checked before they are kept: the image is decoded
-and the face analysed (:func:`model.portrait.analyze_portrait`, on a worker thread, which also fills
-the analysis cache the session will read), and a picture without a usable face is refused with the
-analyser's message. Accepted files are written atomically (temporary file, then rename) under the
-data folder with a small JSON sidecar holding the uploaded file name, and are found again after a
-restart. At most ``max_uploads`` are kept: a new one beyond that deletes the least recently uploaded
-(never the default portrait).
+and the face analysed (:func:`model.portrait.analyze_portrait`, which also fills the analysis cache
+the session will read; the app runs it in a worker process, :mod:`server.face_check`), and a
+picture without a usable face is refused with the analyser's message. Accepted files are written
+atomically (temporary file, then rename) under the data folder with a small JSON sidecar holding
+the uploaded file name, and are found again after a restart. At most ``max_uploads`` are kept: a
+new one beyond that deletes the least recently uploaded, with its cached analysis (never the
+default portrait, nor its analysis).
 
 The parts a live session is built from that outlive it are kept here too, so that starting a session
 does not stall the others: :class:`PreparedPortraits` (framed portraits and their deformers) and
@@ -97,7 +98,9 @@ class PortraitStore:
     Args:
         default_portrait: the image animated when an offer names no portrait.
         upload_dir: folder for uploads (created on the first one).
-        executor: where face analysis runs (never on the event loop); ``None`` = the loop's default.
+        executor: where face analysis and the deletion of evicted uploads run (never on the event
+            loop). Give it one thread: jobs must run one at a time, in order, so that deleting an
+            evicted upload never overlaps its being uploaded again. ``None`` = the loop's default.
         analyze: checks an image file and raises :class:`PortraitError` when it cannot be animated;
             defaults to running the face analysis. Tests pass a cheaper one.
         default_name: how the default portrait is listed (default: its file name without suffix).
@@ -122,9 +125,13 @@ class PortraitStore:
         default = Path(default_portrait)
         self._default = PortraitInfo(DEFAULT_ID, default_name or default.stem, "bundled", default, _media_type(default))
         self._uploaded: dict[str, PortraitInfo] = {}  # least recently uploaded first
+        # The default portrait's cached analysis stays even if the same photo was uploaded and evicted.
+        self._keep: set[Path] = set()
+        with contextlib.suppress(OSError):
+            self._keep.add(cached_analysis_path(default, face_index=0))
         self._load_existing()
         for info in self._evict():
-            _delete_upload(info)
+            self._delete(info)
 
     @property
     def default(self) -> PortraitInfo:
@@ -174,8 +181,9 @@ class PortraitStore:
         # Two identical uploads may both get here; the second finds the same file and entry.
         info = self._uploaded.setdefault(portrait_id, info)
         for old in self._evict():
-            # Hashing and deleting a 10 MiB file would stall the event loop for tens of milliseconds.
-            await loop.run_in_executor(self._executor, _delete_upload, old)
+            # Hashing and deleting a 10 MiB file would stall the event loop for tens of milliseconds;
+            # shielded, so that a client hanging up does not leave the files behind.
+            await asyncio.shield(loop.run_in_executor(self._executor, self._delete, old))
         return info, True
 
     def _evict(self) -> list[PortraitInfo]:
@@ -189,6 +197,18 @@ class PortraitStore:
             log.info("portrait %s (%s) deleted: more than %d uploads are kept", oldest.id, oldest.name,
                      self.max_uploads)
         return evicted
+
+    def _delete(self, info: PortraitInfo) -> None:
+        """Delete an evicted upload's image, name file and cached face analysis (on the executor)."""
+        if info.id in self._uploaded:
+            return  # uploaded again since it was evicted
+        paths = [info.path, info.path.with_suffix(".json")]
+        with contextlib.suppress(OSError):
+            paths.append(cached_analysis_path(info.path, face_index=0))  # what the face analysis cached
+        for path in paths:
+            if path not in self._keep:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
 
     def _check_and_save(self, data: bytes, name: str, portrait_id: str) -> PortraitInfo:
         """Runs on a worker thread: sniff the format, analyse the face, write the file atomically."""
@@ -353,16 +373,6 @@ def _warm_gate() -> SpeechGate:
     gate = SpeechGate()
     gate.warm_up()  # TorchScript's slow first calls happen here, not in a live call
     return gate
-
-
-def _delete_upload(info: PortraitInfo) -> None:
-    """Delete an evicted upload: the image, its name file, and the face analysis cached for it."""
-    paths = [info.path, info.path.with_suffix(".json")]
-    with contextlib.suppress(OSError):
-        paths.append(cached_analysis_path(info.path, face_index=0))  # what the face analysis cached
-    for path in paths:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
 
 
 def _analyze_face(path: Path) -> object:

@@ -38,14 +38,17 @@ class AvatarVp8Encoder(vpx.Vp8Encoder):
         if frame.format.name != "yuv420p":
             frame = frame.reformat(format="yuv420p")
         codec = self.codec
-        # A new size, or a bitrate more than 10 % away from the context's, needs a new context (as in aiortc).
+        # A new size, or a bitrate more than 10 % away from the context's, needs a new context (as in
+        # aiortc). So does a context aiortc made itself: the receiver's estimate can move the bitrate
+        # (from the event loop) between this check and aiortc's identical one in super().encode().
         if codec is not None and (
-            (frame.width, frame.height) != (codec.width, codec.height)
+            codec is not getattr(self, "_tuned", None)
+            or (frame.width, frame.height) != (codec.width, codec.height)
             or abs(self.target_bitrate - codec.bit_rate) / codec.bit_rate > 0.1
         ):
             self.codec = None
         if self.codec is None:
-            self.codec = self._open(frame.width, frame.height)
+            self.codec = self._tuned = self._open(frame.width, frame.height)
         return super().encode(frame, force_keyframe)
 
     def _open(self, width: int, height: int) -> av.video.codeccontext.VideoCodecContext:

@@ -216,6 +216,6 @@ def warm_kernels() -> float:
     tone = (0.3 * np.sin(2 * np.pi * 180.0 * t) * (t > 0.3)).astype(np.float32)
     for window in windower.push(tone) + windower.finish():
         chunk, state = generator.generate(window, state)
-    for i in range(min(2, len(chunk))):
-        renderer.render(chunk.pose[i], chunk.coeffs[i])
+        for i in range(min(2, len(chunk))):
+            renderer.render(chunk.pose[i], chunk.coeffs[i])
     return time.perf_counter() - t0

@@ -85,7 +85,8 @@ class FrameEntry:
 
     @property
     def arrival(self) -> float | None:
-        """When the earliest live speech or microphone audio of this frame arrived."""
+        """When this frame's live audio arrived: the earliest over its ticks of each tick's newest
+        packet (the audio the tick first shows; see :func:`streaming.session_inputs.take_samples`)."""
         times = [t.arrival for t in self.ticks if t.source != "idle" and t.live]
         return min(times) if times else None
 

@@ -204,7 +204,9 @@ class InputQueues:
     def close(self) -> None:
         self.closed = True
         self.speech.clear()
+        self.speech_samples = 0
         self.mic.clear()
+        self.mic_samples = 0
         self.arrived.set()
         self.drained.set()
 

@@ -41,4 +41,4 @@ def test_quick_bench_writes_report(tmp_path: Path) -> None:
         assert row in text, row
     assert text.count("| **PASS** |") + text.count("| **FAIL** |") == 4  # 2 portraits + 2 end-to-end runs
     assert "CPU: " in text and "commit " in text and "Load average" in text and "Host speed: " in text
-    assert "compiling the numba kernels into an empty cache took" in text
+    assert "`streaming.offline.warm_kernels` took" in text

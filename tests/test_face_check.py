@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from model.errors import NoFaceError
+from model.errors import NoFaceError, PortraitError
 from model.portrait import cached_analysis_path
 from server.face_check import FaceChecker
 
@@ -40,3 +40,20 @@ def test_the_analysis_runs_in_a_worker_process_and_fills_the_cache(
         checker.shutdown()
     with pytest.raises(RuntimeError, match="shut down"):
         checker(face)
+
+
+def test_a_stuck_worker_is_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import server.face_check
+
+    monkeypatch.setenv("EMOTE_CACHE_DIR", str(tmp_path / "cache"))
+    face = tmp_path / "astronaut.png"
+    cv2.imwrite(str(face), cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR))
+    checker = FaceChecker()
+    try:
+        monkeypatch.setattr(server.face_check, "TIMEOUT_S", 0.01)  # far less than starting a worker takes
+        with pytest.raises(PortraitError, match="did not finish"):
+            checker(face)
+        monkeypatch.setattr(server.face_check, "TIMEOUT_S", 60.0)
+        assert checker(face) != os.getpid()  # a fresh worker does the next one
+    finally:
+        checker.shutdown()

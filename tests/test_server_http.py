@@ -742,3 +742,26 @@ async def test_real_sessions_reuse_warm_speech_gates_and_the_framed_portrait(tmp
     assert second.session.renderer is not first.session.renderer  # each session renders on its own
     await app.state.emote.aclose()
     assert manager._leases == {} and len(pool._free) == 2
+
+
+@pytest.mark.asyncio
+async def test_evicting_an_upload_of_the_default_photo_keeps_the_defaults_analysis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from model.portrait import cached_analysis_path
+    from server.portraits import PortraitStore
+
+    monkeypatch.setenv("EMOTE_CACHE_DIR", str(tmp_path / "analysis-cache"))
+    default = tmp_path / "default.png"
+    default.write_bytes(png_bytes(seed=7))
+    kept = cached_analysis_path(default, face_index=0)
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"the default portrait's analysis")
+    executor = ThreadPoolExecutor(1)
+    store = PortraitStore(default, tmp_path / "uploads", executor=executor, analyze=lambda path: None, max_uploads=1)
+    same, _ = await store.add(default.read_bytes(), "me-too.png")  # someone uploads the default photo
+    await store.add(png_bytes(seed=8), "other.png")  # which evicts that upload
+    executor.shutdown(wait=True)
+    assert not same.path.exists() and kept.read_bytes() == b"the default portrait's analysis"

@@ -588,3 +588,10 @@ def test_vp8_encoder_is_tuned_and_its_video_decodes_faithfully(monkeypatch: pyte
     encoder.encode(frame)
     assert encoder.codec is not first and encoder.codec.bit_rate == 300_000
     assert len(opened) == 2 and opened[1][0] == 300_000 and opened[1][1]["noise-sensitivity"] == "0"
+    # A context aiortc made itself (the bitrate moved between our check and its own) is replaced by a tuned one.
+    encoder.codec = av.CodecContext.create("libvpx", "w")
+    encoder.codec.width, encoder.codec.height, encoder.codec.bit_rate = 256, 256, 300_000
+    encoder.codec.pix_fmt = "yuv420p"
+    frame.pts = 21 * 3600
+    encoder.encode(frame)
+    assert len(opened) == 3 and encoder.codec.bit_rate == 300_000
