@@ -31,6 +31,11 @@ X264_PRESETS = (
 )  # fmt: skip
 AAC_RATES = frozenset({96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350})
 AUDIO_BIT_RATES = {"mono": 96_000, "stereo": 160_000}
+#: With the default preset, x264's cheapest motion search (diamond, one refinement step). On 400
+#: rendered 512x512 talking frames: 2.54 -> 1.65 ms per frame on one thread, PSNR 41.89 -> 41.78
+#: dB, files 14 % larger (1.97 -> 2.25 MB per minute). A rendered head moves little and smoothly,
+#: so the expensive search finds little more (measured 2026-11-25).
+FAST_MOTION_SEARCH = "me=dia:subme=1"
 # OpenCV's RGB->I420 uses BT.601 limited-range coefficients; tag the stream so
 # players do not guess BT.709 for HD sizes and shift the colours.
 _COLORSPACE_BT601 = 6  # AVCOL_SPC_SMPTE170M
@@ -154,7 +159,10 @@ class Mp4Writer:
         stream.pix_fmt = "yuv420p"
         # One tick per frame: pts = frame index gives exactly fps and no drift.
         stream.codec_context.time_base = 1 / self.fps
-        stream.codec_context.options = {"crf": str(crf), "preset": preset}
+        options = {"crf": str(crf), "preset": preset}
+        if preset == "veryfast":  # the default: see FAST_MOTION_SEARCH
+            options["x264-params"] = FAST_MOTION_SEARCH
+        stream.codec_context.options = options
         stream.codec_context.thread_count = threads
         stream.codec_context.colorspace = _COLORSPACE_BT601
         stream.codec_context.color_primaries = _COLOR_PRIMARIES_BT601
