@@ -33,9 +33,8 @@ from typing import Any
 
 import av
 import numpy as np
-from aiortc.mediastreams import MediaStreamError
 
-from tests._rtc_client import ReceivedVideo, RtcClient
+from tests._rtc_client import RtcClient
 
 #: Seconds of speech the caller says before the measured window opens (the pipeline reaches steady state).
 LEAD_IN_S = {"mic": 1.0, "agent": 0.5}
@@ -50,21 +49,12 @@ class MouthClient(RtcClient):
         super().__init__(send_audio=send_audio, max_video_frames=5000)
         self.box = box
 
-    async def _record_video(self, track: Any) -> None:
+    def _keep_image(self, frame: av.VideoFrame) -> np.ndarray:
         x0, y0, x1, y1 = self.box
-        with contextlib.suppress(MediaStreamError):
-            while True:
-                frame = await track.recv()
-                assert isinstance(frame, av.VideoFrame)
-                arrival_s = time.monotonic()
-                if self.first_video_s is None and self.started_s is not None:
-                    self.first_video_s = arrival_s - self.started_s
-                # aiortc's VP8 decoder gives yuv420p: the first `height` rows of the array are the luma plane.
-                luma = frame.to_ndarray()[y0:y1, x0:x1] if frame.format.name == "yuv420p" else \
-                    frame.to_ndarray(format="gray")[y0:y1, x0:x1]
-                self.video.append(ReceivedVideo(pts=int(frame.pts or 0), arrival_s=arrival_s, image=luma.copy()))
-                self.video_count += 1
-                await self._notify()
+        # aiortc's VP8 decoder gives yuv420p: the first `height` rows of the array are the luma plane.
+        if frame.format.name == "yuv420p":
+            return frame.to_ndarray()[y0:y1, x0:x1].copy()
+        return frame.to_ndarray(format="gray")[y0:y1, x0:x1].copy()
 
 
 def _http(method: str, url: str, body: dict | None = None, timeout_s: float = 10.0) -> tuple[int, dict]:

@@ -251,8 +251,7 @@ class AvatarSession:
     # -- inputs --------------------------------------------------------------------------------
     def push_microphone(self, samples: np.ndarray, sample_rate: int) -> None:
         """Live caller audio (mono, int16 or float); never blocks, drops the oldest beyond ``max_mic_ms``."""
-        if not self.closed:
-            self.inputs.push_microphone(samples, sample_rate)
+        self.inputs.push_microphone(samples, sample_rate)  # ignored once closed
 
     async def push_speech(self, samples: np.ndarray, sample_rate: int) -> int:
         """Queue speech for the avatar to say; awaits while ``max_speech_s`` are already queued.

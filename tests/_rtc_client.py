@@ -240,10 +240,14 @@ class RtcClient:
                 arrival_s = time.monotonic()
                 if self.first_video_s is None and self.started_s is not None:
                     self.first_video_s = arrival_s - self.started_s
-                image = frame.to_ndarray(format="rgb24")
-                self.video.append(ReceivedVideo(pts=int(frame.pts or 0), arrival_s=arrival_s, image=image))
+                self.video.append(ReceivedVideo(pts=int(frame.pts or 0), arrival_s=arrival_s,
+                                                image=self._keep_image(frame)))
                 self.video_count += 1
                 await self._notify()
+
+    def _keep_image(self, frame: av.VideoFrame) -> np.ndarray:
+        """What is kept of a received frame (here all of it, RGB; subclasses keep less)."""
+        return frame.to_ndarray(format="rgb24")
 
     async def _record_audio(self, track: MediaStreamTrack) -> None:
         with contextlib.suppress(MediaStreamError):
