@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	# face_recognition's requirement on `dlib` would build dlib from source; dlib-bin provides it.
 	$(PY) -m pip install --quiet --no-deps face-recognition==1.3.0
 	# Compile the numba render kernels into their on-disk cache now, so a first render does not pay ~3 s.
-	$(PY) -c 'from streaming.offline import warm_kernels; print(f"emote: render kernels ready ({warm_kernels():.1f} s)")'
+	$(PY) -c 'from emote.streaming.offline import warm_kernels; print(f"emote: render kernels ready ({warm_kernels():.1f} s)")'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if not videos.is_dir():
         print(f"make eval: {videos} not found; nothing to evaluate (it holds the real talking videos)")
         return 0
-    from streaming.evaluate import run_eval
+    from emote.evaluation.run import run_eval
 
     t0 = time.perf_counter()
     generators = [g for g in args.motion.split(",") if g]

@@ -95,7 +95,7 @@ class LiveResults:
     server_start_s: float = 0.0
     phases: list[dict[str, Any]] = field(default_factory=list)
     reference: dict[str, float] = field(default_factory=dict)  # offline render of the agent speech
-    lead_s: float = 0.0  # the generator's designed lip lead (model.baseline.LEAD_S)
+    lead_s: float = 0.0  # the generator's designed lip lead (model.motion.baseline.generator.LEAD_S)
     wall_s: float = 0.0
 
 
@@ -109,10 +109,10 @@ def in_loopback_namespace() -> bool:
 
 def utterances(min_seconds: float) -> tuple[list[np.ndarray], list[float]]:
     """Sentences of the benchmark story spoken by espeak-ng (16 kHz int16), at least ``min_seconds`` in all."""
+    from emote.server.tts import synthesize
     from scipy.signal import resample_poly
 
     from bench.speech import PARAGRAPHS
-    from server.tts import synthesize
 
     said: list[np.ndarray] = []
     pauses: list[float] = []
@@ -133,8 +133,9 @@ def utterances(min_seconds: float) -> tuple[list[np.ndarray], list[float]]:
 def reference_offset(portrait: Path, said: list[np.ndarray], pauses: list[float], box: tuple[int, ...],
                      seconds: float) -> dict[str, float]:
     """The A/V offset of an offline render of the agent's speech, measured as at the peer."""
+    from emote.streaming.offline import prepare_portrait
+
     from bench.stages import make_motion
-    from streaming.offline import prepare_portrait
 
     parts: list[np.ndarray] = [np.zeros(8000, np.int16)]
     for speech, pause in zip(said, pauses, strict=True):
@@ -277,8 +278,8 @@ async def run_phase(phase: Phase, url: str, server_pid: int, tmp: Path, env: dic
 
 
 async def _run(res: LiveResults, tmp: Path, phases: tuple[Phase, ...]) -> None:
-    from model.assets import default_portrait_path
-    from streaming.offline import prepare_portrait
+    from emote.model.assets import default_portrait_path
+    from emote.streaming.offline import prepare_portrait
 
     env = {**os.environ, "EMOTE_CACHE_DIR": str(tmp / "portrait-cache")}
     os.environ["EMOTE_CACHE_DIR"] = env["EMOTE_CACHE_DIR"]  # this process's own portrait analysis too
@@ -329,8 +330,9 @@ def run_live(quick: bool) -> LiveResults:
     About 2 minutes (40 s with ``quick``); a full run on a busy machine waits up to
     :data:`QUIET_WAIT_S` before each phase for the other processes to quieten.
     """
+    from emote.model.motion.baseline.generator import LEAD_S
+
     from bench.report import machine_lines
-    from model.baseline import LEAD_S
 
     res = LiveResults(quick=quick, netns=in_loopback_namespace(), lead_s=LEAD_S)
     if not res.netns:

@@ -34,7 +34,7 @@ from typing import Any
 import av
 import numpy as np
 
-from tests._rtc_client import RtcClient
+from bench.rtc_client import RtcClient
 
 #: Seconds of speech the caller says before the measured window opens (the pipeline reaches steady state).
 LEAD_IN_S = {"mic": 1.0, "agent": 0.5}

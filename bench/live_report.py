@@ -166,7 +166,7 @@ def _av(res: Any) -> list[str]:
             f"{_n(ref.get('offset_ms'), 1)} | {_n(ref.get('r'), 2)} |",
             f"| Added by transport and playout (peer − offline) | "
             f"{_n(av['offset_ms'] - ref.get('offset_ms', math.nan), 1)} | |",
-            f"| At the peer without the generator's designed {lead:g} ms lip lead (`model.baseline.LEAD_S`) | "
+            f"| At the peer without the generator's designed {lead:g} ms lip lead (`LEAD_S` of the baseline) | "
             f"{_n(av['offset_ms'] - lead, 1)} | |", "",
             "Mouth opening: the mean luma of the mouth box (from the portrait's landmarks, "
             f"x0,y0,x1,y1 = {','.join(map(str, res.box))}) negated (an open mouth shows its dark inside); audio: "

@@ -48,8 +48,7 @@ def note_thread_names() -> None:
 def install_hooks() -> None:
     """Wrap the video track's ``recv`` and the VP8 encoder's ``encode`` with timers (see the module docstring)."""
     from aiortc.codecs import vpx
-
-    from server import tracks
+    from emote.server import tracks
 
     track_recv = tracks.AvatarVideoTrack.recv
     vp8_encode = vpx.Vp8Encoder.encode
@@ -89,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     out, serve_options = Path(args[0]), args[1:]
     install_hooks()
     threading.Thread(target=note_thread_names, name="bench-thread-names", daemon=True).start()
-    from server.cli import main as emote_main
+    from emote.server.cli import main as emote_main
 
     try:
         return emote_main(["serve", *serve_options])

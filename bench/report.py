@@ -155,7 +155,7 @@ def _targets(res: Any) -> list[str]:
 
 def _e2e(res: Any) -> list[str]:
     lines = ["### End to end: `emote render`", "",
-             f"`python -m server.cli render <default portrait> speech.wav -o out.mp4` as a subprocess, "
+             f"`python -m emote.server.cli render <default portrait> speech.wav -o out.mp4` as a subprocess, "
              f"{res.speech_s:.1f} s of speech; wall time measured from outside (interpreter start and "
              "imports included).", "",
              "| Run | Caches | Wall (s) | emote's own timer (s) | Frames | RTF (wall / audio) | x real time "
@@ -225,7 +225,7 @@ def _method(res: Any) -> list[str]:
         "### Method", "",
         f"- Speech: {res.speech_s:.1f} s of English (a short story, five paragraphs at 150-175 words per minute "
         "with 0.6-1.4 s pauses) spoken by espeak-ng via `server.tts.synthesize`, resampled to 44.1 kHz and "
-        f"written with `model.audio_io.write_wav` into a temporary folder (synthesis took {res.tts_s:.2f} s).",
+        f"written with `model.media.audio_io.write_wav` into a temporary folder (synthesis took {res.tts_s:.2f} s).",
         "- Portraits: the bundled default (`model.assets.default_portrait_path()`) and scikit-image's "
         "astronaut, written to a temporary PNG. The bench uses its own temporary portrait cache.",
         "- Motion: `BaselineGenerator` fed through `AudioWindower` in 1 s pieces (as `render_file` does); "

@@ -104,7 +104,7 @@ class CpuAccount:
 
 def make_portraits(folder: Path) -> dict[str, Path]:
     """The bundled default portrait and scikit-image's astronaut (written as a PNG into ``folder``)."""
-    from model.assets import default_portrait_path
+    from emote.model.assets import default_portrait_path
 
     portraits = {"default (Grace Hopper)": default_portrait_path()}
     try:
@@ -121,7 +121,7 @@ def make_portraits(folder: Path) -> dict[str, Path]:
 
 def run_cli(portrait: Path, audio: Path, out: Path, env: dict[str, str], timeout_s: float) -> dict:
     """Run ``emote render`` as a subprocess; its wall time as seen from outside, and what it printed."""
-    cmd = [sys.executable, "-m", "server.cli", "render", str(portrait), str(audio), "-o", str(out)]
+    cmd = [sys.executable, "-m", "emote.server.cli", "render", str(portrait), str(audio), "-o", str(out)]
     load = os.getloadavg()[0]
     t = time.perf_counter()
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
@@ -140,7 +140,7 @@ def bench_e2e(portrait: Path, audio: Path, tmp: Path, duration: float, res: Resu
     log("compiling the numba kernels into an empty cache (what the install step does)")
     env = {**os.environ, "EMOTE_CACHE_DIR": str(tmp / "e2e-install-portraits"), "NUMBA_CACHE_DIR": str(numba_dir)}
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "from streaming.offline import warm_kernels; warm_kernels()"],
+    subprocess.run([sys.executable, "-c", "from emote.streaming.offline import warm_kernels; warm_kernels()"],
                    env=env, cwd=REPO, check=True, capture_output=True, timeout=600)
     res.compile_s = time.perf_counter() - t
     env = {**os.environ, "EMOTE_CACHE_DIR": str(tmp / "e2e-portraits"), "NUMBA_CACHE_DIR": str(numba_dir)}
@@ -157,7 +157,7 @@ def bench_e2e(portrait: Path, audio: Path, tmp: Path, duration: float, res: Resu
 
 def bench_portrait(name: str, path: Path, audio16k: np.ndarray, tmp: Path, quick: bool) -> dict:
     """All per-stage timings for one portrait."""
-    from streaming.offline import prepare_portrait
+    from emote.streaming.offline import prepare_portrait
 
     slug = re.sub(r"\W+", "-", name).strip("-")
     r: dict = {}
@@ -187,8 +187,9 @@ def bench_portrait(name: str, path: Path, audio16k: np.ndarray, tmp: Path, quick
 
 def run(quick: bool) -> Results:
     """Measure everything (see the module docstring)."""
+    from emote.model.media.audio_io import load_audio_16k
+
     from bench.speech import write_speech
-    from model.audio_io import load_audio_16k
 
     res = Results(quick=quick)
     t_run = time.perf_counter()
@@ -212,7 +213,7 @@ def run(quick: bool) -> Results:
         for name, path in portraits.items():
             res.portraits[name] = bench_portrait(name, path, audio16k, tmp, quick)
         log("render_file in-process (warm)")
-        from streaming.offline import render_file
+        from emote.streaming.offline import render_file
 
         res.pipeline = render_file(default, wav, tmp / "inprocess.mp4")
         log("audio decoding")

@@ -10,7 +10,7 @@ until the requested length is reached, and the result is cut to exactly
 that length with a short fade, resampled to 44.1 kHz (the rate most user
 recordings come in, so decoding and AAC re-encoding cost what they would
 for a real file) and written as a 16-bit WAV with
-:func:`model.audio_io.write_wav`. Nothing is cached: every run synthesises
+:func:`model.media.audio_io.write_wav`. Nothing is cached: every run synthesises
 afresh into the folder it is given.
 """
 
@@ -19,9 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from emote.model.media.audio_io import write_wav
 from scipy.signal import resample_poly
-
-from model.audio_io import write_wav
 
 #: The rate the benchmark WAV is written at (Hz).
 WAV_RATE = 44100
@@ -78,7 +77,7 @@ def speech_samples(seconds: float) -> tuple[np.ndarray, int]:
     Raises:
         DependencyError: espeak-ng (the ``tts`` extra) is not installed.
     """
-    from server.tts import synthesize
+    from emote.server.tts import synthesize
 
     if not seconds > 0:
         raise ValueError(f"seconds must be > 0, got {seconds}")

@@ -6,7 +6,7 @@ with the cache off (cold) and on (warm), portrait preparation (framing and
 renderer construction), baseline motion generation window by window through
 the :class:`~streaming.windower.AudioWindower`, rendering of every frame of
 that motion, H.264 encoding of the rendered frames with
-:class:`~model.video_out.Mp4Writer` and decoding of an audio file. Times are
+:class:`~model.media.video_out.Mp4Writer` and decoding of an audio file. Times are
 taken with :func:`time.perf_counter` around each call, and the first render
 calls (numba compiles or loads its cache there) run before the clock starts.
 Run as ``python -m bench.stages pinned ...`` this module is also the child
@@ -60,7 +60,7 @@ def _ms_since(t0: float) -> float:
 
 def time_analysis(portrait: Path, cache_dir: Path, cold_reps: int, warm_reps: int) -> dict[str, Timing | float]:
     """Portrait analysis: the first call in this process, cold (no cache) and warm (cached), in ms per call."""
-    from model.portrait import analyze_portrait
+    from emote.model.face.portrait import analyze_portrait
 
     t = time.perf_counter()
     analyze_portrait(portrait, use_cache=False)
@@ -81,7 +81,7 @@ def time_analysis(portrait: Path, cache_dir: Path, cold_reps: int, warm_reps: in
 
 def time_prepare(portrait: Path, reps: int) -> Timing:
     """``prepare_portrait`` with a warm analysis cache (framing, mouth textures, background fill, meshes)."""
-    from streaming.offline import prepare_portrait
+    from emote.streaming.offline import prepare_portrait
 
     prepare_portrait(portrait)
     times = []
@@ -103,9 +103,9 @@ def make_motion(
     Returns:
         ``(pose (N, 6), coeffs (N, 52), ms per frame of each window)``.
     """
-    from model.baseline import BaselineGenerator
-    from streaming.offline import WINDOW_FRAMES
-    from streaming.windower import AudioWindower
+    from emote.model.motion.baseline.generator import BaselineGenerator
+    from emote.streaming.offline import WINDOW_FRAMES
+    from emote.streaming.windower import AudioWindower
 
     generator = BaselineGenerator()
     windower = AudioWindower(fps=fps, window_frames=WINDOW_FRAMES, context_ms=generator.context_ms,
@@ -166,7 +166,7 @@ def time_encode(frames: list[np.ndarray], out: Path, fps: float = 25.0) -> dict[
     vary a lot; the mean is the whole job (flush and file close included)
     divided by the frames, which is what the pipeline pays.
     """
-    from model.video_out import Mp4Writer
+    from emote.model.media.video_out import Mp4Writer
 
     h, w = frames[0].shape[:2]
     per_call = []
@@ -185,7 +185,7 @@ def time_encode(frames: list[np.ndarray], out: Path, fps: float = 25.0) -> dict[
 
 def time_decode(path: Path, reps: int) -> Timing:
     """Decoding ``path`` in the offline pipeline's pieces (16 kHz mono + AAC-ready frames), ms per second of audio."""
-    from model.audio_io import open_audio
+    from emote.model.media.audio_io import open_audio
 
     per_second = []
     for _ in range(reps + 1):
@@ -221,8 +221,7 @@ def _pinned_child(portrait: str, motion: str, out: str) -> None:
 
     cv2.setNumThreads(1)
     import numba
-
-    from streaming.offline import prepare_portrait
+    from emote.streaming.offline import prepare_portrait
 
     data = np.load(motion)
     _, renderer = prepare_portrait(portrait)

@@ -24,10 +24,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from model.blendshape_basis import N_LANDMARKS, align_sequence, normalise_shape
-from model.landmarker import landmarker_task_path, quiet_native_logs
-from model.motion import ARKIT_NAMES, COEFF_INDEX, N_COEFFS, coeffs_from_named
+from emote.model.face.blendshape_basis import N_LANDMARKS, align_sequence, normalise_shape
+from emote.model.face.landmarker import landmarker_task_path, quiet_native_logs
+from emote.model.motion.interface import ARKIT_NAMES, COEFF_INDEX, N_COEFFS, coeffs_from_named
 
 #: Landmarks that do not move with expression (checked on the data: expression explains
 #: < 0.008 eye-corner-distance RMS of their motion): forehead (10, 151, 108, 337), temples

@@ -49,11 +49,8 @@ from collections import deque
 from typing import Any
 
 import numpy as np
-from starlette.responses import JSONResponse
-from starlette.websockets import WebSocket, WebSocketDisconnect
-
-from server.sessions import ManagedSession, SessionManager, UnknownSessionError
-from streaming.session import (
+from emote.server.sessions import ManagedSession, SessionManager, UnknownSessionError
+from emote.streaming.session import (
     PlaybackFinished,
     PlaybackStarted,
     SessionClosed,
@@ -61,6 +58,8 @@ from streaming.session import (
     SessionFailed,
     SpeechCleared,
 )
+from starlette.responses import JSONResponse
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 48000
 START_TIMEOUT_S = 10.0

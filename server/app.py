@@ -32,23 +32,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from starlette.applications import Starlette
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
-from starlette.routing import Mount, Route, WebSocketRoute
-from starlette.staticfiles import StaticFiles
-from starlette.types import Message, Receive
-
-from model.assets import default_portrait_path
-from model.errors import DependencyError, InputError, OptionError, PortraitError
-from server import tts
-from server.agent_ws import agent_audio_endpoint
-from server.config import ServerConfig
-from server.face_check import FaceChecker
-from server.portraits import PortraitStore, UnknownPortraitError
-from server.sessions import (
+from emote.model.assets import default_portrait_path
+from emote.model.errors import DependencyError, InputError, OptionError, PortraitError
+from emote.server import tts
+from emote.server.agent_ws import agent_audio_endpoint
+from emote.server.config import ServerConfig
+from emote.server.face_check import FaceChecker
+from emote.server.portraits import PortraitStore, UnknownPortraitError
+from emote.server.sessions import (
     PeerBuilder,
     SayQueueFullError,
     SessionBuilder,
@@ -57,7 +48,15 @@ from server.sessions import (
     UnknownSessionError,
     session_summary,
 )
-from streaming.session import SessionClosed
+from emote.streaming.session import SessionClosed
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.types import Message, Receive
 
 WEB_CLIENT_DIR = Path(__file__).resolve().parent.parent / "web_client"
 OPENAPI_PATH = Path(__file__).resolve().parent / "openapi.json"

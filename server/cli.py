@@ -21,10 +21,10 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from model.errors import DependencyError, EmoteError, InputError, MultipleFacesWarning
+from emote.model.errors import DependencyError, EmoteError, InputError, MultipleFacesWarning
 
 if TYPE_CHECKING:
-    from server.config import ServerConfig
+    from emote.server.config import ServerConfig
 
 DEMO_TEXT = (
     "Hello! I am Emote, a talking portrait. Give me one photo and some speech, "
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from streaming.evaluate import run_eval
+    from emote.evaluation.run import run_eval
 
     generators = [g.strip() for g in args.motion.split(",") if g.strip()]
     reports, summary = run_eval(args.videos, args.out, generators, portrait=args.portrait, seed=args.seed,
@@ -116,7 +116,7 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _render(portrait: str, audio: str, args: argparse.Namespace) -> None:
-    from streaming.offline import render_file
+    from emote.streaming.offline import render_file
 
     progress = _Progress()
     try:
@@ -130,9 +130,9 @@ def _render(portrait: str, audio: str, args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from model.assets import default_portrait_path
-    from model.audio_io import write_wav
-    from server.tts import synthesize
+    from emote.model.assets import default_portrait_path
+    from emote.model.media.audio_io import write_wav
+    from emote.server.tts import synthesize
 
     samples, rate = synthesize(args.text)
     with tempfile.TemporaryDirectory(prefix="emote-demo-") as tmp:
@@ -145,7 +145,7 @@ def _demo(args: argparse.Namespace) -> None:
 
 def serve_config(args: argparse.Namespace) -> ServerConfig:
     """The server settings ``emote serve`` options ask for (checked: a bad one raises OptionError)."""
-    from server.config import ServerConfig
+    from emote.server.config import ServerConfig
 
     options: dict[str, object] = {"host": args.host, "port": args.port, "max_sessions": args.max_sessions}
     if args.portrait:
@@ -178,12 +178,11 @@ def _serve(args: argparse.Namespace) -> None:
                          "choose another --port or --host") from None
     try:
         import uvicorn
-
-        from model.assets import default_portrait_path
-        from server.agent_ws import MAX_AUDIO_MESSAGE_BYTES
-        from server.app import create_app
-        from streaming.offline import prepare_portrait
-        from streaming.speech_gate import load_vad_model
+        from emote.model.assets import default_portrait_path
+        from emote.server.agent_ws import MAX_AUDIO_MESSAGE_BYTES
+        from emote.server.app import create_app
+        from emote.streaming.offline import prepare_portrait
+        from emote.streaming.speech_gate import load_vad_model
 
         # Analyse the default portrait and load the speech gate's model now: a bad --portrait fails
         # here with its message, and the first caller does not wait for either.
@@ -202,7 +201,7 @@ def _serve(args: argparse.Namespace) -> None:
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     logging.basicConfig(level=logging.WARNING, format="emote: %(levelname)s: %(name)s: %(message)s")
-    logging.getLogger("server").setLevel(logging.INFO)
+    logging.getLogger("emote.server").setLevel(logging.INFO)
     server = uvicorn.Server(uvicorn.Config(
         create_app(config), loop="uvloop", http="httptools", ws="websockets-sansio",
         ws_max_size=MAX_AUDIO_MESSAGE_BYTES + 4096, lifespan="on", access_log=False, log_level="warning",

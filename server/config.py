@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from model.errors import OptionError
+from emote.model.errors import OptionError
 
 if TYPE_CHECKING:
-    from server.ice import IcePolicy
+    from emote.server.ice import IcePolicy
 
 MIB = 1024 * 1024
 
@@ -118,7 +118,7 @@ class ServerConfig:
 
     def ice_policy(self) -> IcePolicy:
         """The ICE allow-list every call of this server runs under."""
-        from server.ice import IcePolicy
+        from emote.server.ice import IcePolicy
 
         return IcePolicy(allowed_addresses=self.ice_addresses, remote_networks=self.ice_remote_networks)
 

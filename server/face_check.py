@@ -21,7 +21,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-from model.errors import PortraitError
+from emote.model.errors import PortraitError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def _ignore_sigint() -> None:
 
 def check_portrait_file(path: str) -> int:
     """Runs in the worker: analyse the largest face (filling the cache); returns the worker's pid."""
-    from model.portrait import analyze_portrait
+    from emote.model.face.portrait import analyze_portrait
 
     analyze_portrait(path, face_index=0)  # face_index=0: the largest, no several-faces warning
     return os.getpid()

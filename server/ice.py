@@ -26,8 +26,7 @@ from typing import Any
 from aioice import Candidate, Connection, stun
 from aioice.ice import StunProtocol
 from aiortc import RTCConfiguration, RTCPeerConnection
-
-from model.errors import OptionError
+from emote.model.errors import OptionError
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
 default portrait (the bundled Grace Hopper photograph, or ``emote serve --portrait``) has the id
 ``default``; an upload's id is the first 16 hex digits of the SHA-256 of its bytes, so uploading the
 same photo twice gives the same id. Uploads are checked before they are kept: the image is decoded
-and the face analysed (:func:`model.portrait.analyze_portrait`, which also fills the analysis cache
+and the face analysed (:func:`model.face.portrait.analyze_portrait`, which also fills the analysis cache
 the session will read; the app runs it in a worker process, :mod:`server.face_check`), and a
 picture without a usable face is refused with the analyser's message. Accepted files are written
 atomically (temporary file, then rename) under the data folder with a small JSON sidecar holding
@@ -37,14 +37,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from emote.model.errors import NotAnImageError, PortraitError
+from emote.model.face.framing import FramedPortrait
+from emote.model.face.portrait import analyze_portrait, cached_analysis_path
+from emote.model.render.meshwarp.renderer import Renderer
+from emote.streaming.offline import prepare_portrait
+from emote.streaming.speech_gate import SpeechGate
 from PIL import Image, UnidentifiedImageError
-
-from model.errors import NotAnImageError, PortraitError
-from model.framing import FramedPortrait
-from model.portrait import analyze_portrait, cached_analysis_path
-from model.renderer import Renderer
-from streaming.offline import prepare_portrait
-from streaming.speech_gate import SpeechGate
 
 DEFAULT_ID = "default"
 ID_HEX_DIGITS = 16
@@ -262,7 +261,7 @@ class PortraitStore:
 class PreparedPortraits:
     """Framed portraits and their deformers, kept for the next session on the same portrait.
 
-    A session needs its own :class:`~model.renderer.Renderer` (it keeps per-frame buffers), but what the
+    A session needs its own :class:`~model.render.meshwarp.renderer.Renderer` (it keeps per-frame buffers), but what the
     renderer is built from depends only on the portrait and the video size: the analysis (cached on
     disk, ~10 ms to load), the framing and the deformer (~20 ms more). They are kept for the
     :attr:`entries` portraits used last, read-only, shared by the sessions that animate them.

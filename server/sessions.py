@@ -32,11 +32,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-from model.baseline import BaselineGenerator
-from server.config import ServerConfig
-from server.portraits import GateLease, GatePool, PortraitInfo, PortraitStore, PreparedPortraits
-from streaming.session import (
+from emote.model.motion.baseline.generator import BaselineGenerator
+from emote.server.config import ServerConfig
+from emote.server.portraits import GateLease, GatePool, PortraitInfo, PortraitStore, PreparedPortraits
+from emote.streaming.session import (
     AvatarSession,
     SessionClosed,
     SessionConfig,
@@ -46,7 +45,7 @@ from streaming.session import (
 )
 
 if TYPE_CHECKING:
-    from server.webrtc import AvatarPeer
+    from emote.server.webrtc import AvatarPeer
 
 #: /say pushes its speech in pieces this long, so that the session's back-pressure paces it.
 SAY_PIECE_S = 1.0
@@ -494,7 +493,7 @@ class SessionManager:
             await asyncio.to_thread(self._gates.give_back, lease)
 
     def _real_peer(self, session: AvatarSession, on_closed: Callable[[], None]) -> AvatarPeer:
-        from server.webrtc import AvatarPeer
+        from emote.server.webrtc import AvatarPeer
 
         return AvatarPeer(session, policy=self.config.ice_policy(), on_closed=on_closed)
 

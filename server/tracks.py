@@ -22,8 +22,7 @@ import cv2
 import numpy as np
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
-
-from streaming.session import AudioOut, SessionClosed, VideoOut
+from emote.streaming.session import AudioOut, SessionClosed, VideoOut
 
 VIDEO_CLOCK_RATE = 90000  # RTP video clock (RFC 7741 for VP8)
 AUDIO_SAMPLE_RATE = 48000  # what the session emits and Opus carries

@@ -4,7 +4,7 @@ When a user gives text instead of a recording, this module speaks it with
 espeak-ng, loaded through ctypes from the ``espeakng-loader`` wheel (library
 and voice data ship inside it, so nothing needs a system install or network).
 The result is plain float32 mono samples at espeak's native rate (22050 Hz);
-:mod:`model.audio_io` and the renderer take it from there. Optionally the word
+:mod:`model.media.audio_io` and the renderer take it from there. Optionally the word
 and phoneme timings espeak reports are returned too. espeak-ng is GPL-3.0, so
 it stays an optional extra: without it the rest of Emote works and this module
 raises :class:`~model.errors.DependencyError` with the install command.
@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from model.errors import DependencyError, OptionError
+from emote.model.errors import DependencyError, OptionError
 
 MIN_WPM, MAX_WPM = 80, 450  # espeakRATE_MINIMUM / espeakRATE_MAXIMUM in speak_lib.h
 _INSTALL_HINT = "install the tts extra: pip install 'emote[tts]'"

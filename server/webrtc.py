@@ -31,12 +31,11 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
 from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
 from aiortc.mediastreams import MediaStreamError
-
-from model.errors import SignalingError
-from server.ice import IceGuard, IcePolicy, rtc_configuration
-from server.tracks import AvatarAudioTrack, AvatarVideoTrack
-from server.video_codec import MAX_VIDEO_BITRATE, tune_video_encoding
-from streaming.session import AvatarSession
+from emote.model.errors import SignalingError
+from emote.server.ice import IceGuard, IcePolicy, rtc_configuration
+from emote.server.tracks import AvatarAudioTrack, AvatarVideoTrack
+from emote.server.video_codec import MAX_VIDEO_BITRATE, tune_video_encoding
+from emote.streaming.session import AvatarSession
 
 logger = logging.getLogger(__name__)
 

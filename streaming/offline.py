@@ -21,17 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from model.audio_io import open_audio
-from model.baseline import BaselineGenerator
-from model.blendshape_basis import BlendshapeBasis
-from model.errors import OptionError
-from model.framing import FramedPortrait, frame_portrait
-from model.motion import AudioWindow, MotionGenerator
-from model.portrait import analyze_portrait
-from model.renderer import Renderer
-from model.still_motion import StillGenerator
-from model.video_out import Mp4Writer
-from streaming.windower import AudioWindower
+from emote.model.errors import OptionError
+from emote.model.face.blendshape_basis import BlendshapeBasis
+from emote.model.face.framing import FramedPortrait, frame_portrait
+from emote.model.face.portrait import analyze_portrait
+from emote.model.media.audio_io import open_audio
+from emote.model.media.video_out import Mp4Writer
+from emote.model.motion.baseline.generator import BaselineGenerator
+from emote.model.motion.interface import AudioWindow, MotionGenerator
+from emote.model.motion.still import StillGenerator
+from emote.model.render.meshwarp.renderer import Renderer
+from emote.streaming.windower import AudioWindower
 
 #: Frames per motion window offline (the streaming server uses shorter ones).
 WINDOW_FRAMES = 25
@@ -203,8 +203,7 @@ def warm_kernels() -> float:
     second of motion from a tone and renders two frames.
     """
     import numpy as np
-
-    from model.assets import default_portrait_path
+    from emote.model.assets import default_portrait_path
 
     t0 = time.perf_counter()
     framed, renderer = prepare_portrait(default_portrait_path())

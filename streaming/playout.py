@@ -29,8 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-
-from streaming.clock import Clock
+from emote.streaming.clock import Clock
 
 AUDIO_CHUNK_S = 0.02
 

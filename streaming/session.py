@@ -47,15 +47,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from model.motion import MotionGenerator
-from streaming.clock import Clock, MonotonicClock
-from streaming.playout import AudioOut, FrameEntry, Playout, SessionClosed, TickInfo, VideoOut
-from streaming.resample import StreamResampler, to_int16
-from streaming.session_inputs import RATE, InputQueues, Segment, SpeechCleared
-from streaming.session_stats import LatencyStats, SessionStats
-from streaming.speech_gate import SpeechGate
-from streaming.windower import AudioWindower
+from emote.model.motion.interface import MotionGenerator
+from emote.streaming.clock import Clock, MonotonicClock
+from emote.streaming.playout import AudioOut, FrameEntry, Playout, SessionClosed, TickInfo, VideoOut
+from emote.streaming.resample import StreamResampler, to_int16
+from emote.streaming.session_inputs import RATE, InputQueues, Segment, SpeechCleared
+from emote.streaming.session_stats import LatencyStats, SessionStats
+from emote.streaming.speech_gate import SpeechGate
+from emote.streaming.windower import AudioWindower
 
 __all__ = [
     "AudioOut", "AvatarSession", "PlaybackFinished", "PlaybackStarted", "SessionClosed", "SessionConfig",

@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from streaming.clock import Clock
-from streaming.playout import SessionClosed, TickInfo
-from streaming.resample import StreamResampler, to_float32
+from emote.streaming.clock import Clock
+from emote.streaming.playout import SessionClosed, TickInfo
+from emote.streaming.resample import StreamResampler, to_float32
 
 RATE = 48000
 TICK = 960  # samples per 20 ms tick at 48 kHz

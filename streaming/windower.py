@@ -1,7 +1,7 @@
 """Cuts a stream of 16 kHz audio into windows that drive whole video frames.
 
 Both the offline renderer and the live server push audio here in chunks of
-any size and get back :class:`~model.motion.AudioWindow` objects, each
+any size and get back :class:`~model.motion.interface.AudioWindow` objects, each
 covering a run of video frames plus the context before and the lookahead
 after them that the motion generator asked for. A window is released as soon
 as its lookahead has arrived; ``finish()`` pads the end of the stream with
@@ -13,8 +13,7 @@ memory stays bounded however long the stream runs.
 from __future__ import annotations
 
 import numpy as np
-
-from model.motion import AudioWindow, frame_start_sample
+from emote.model.motion.interface import AudioWindow, frame_start_sample
 
 
 class AudioWindower:

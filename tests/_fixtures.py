@@ -1,7 +1,7 @@
 """Helpers shared by the motion, audio-feature and renderer tests (plain functions, no pytest fixtures).
 
 Everything here is generated: speech comes from espeak-ng (``server.tts``), converted to the pipeline's
-16 kHz by ``model.audio_io``; portraits come from scikit-image's astronaut. Results are cached per
+16 kHz by ``model.media.audio_io``; portraits come from scikit-image's astronaut. Results are cached per
 process because TTS and face analysis are the slow parts.
 """
 
@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from model.motion import MotionChunk, MotionGenerator
-from streaming.windower import AudioWindower
+from emote.model.motion.interface import MotionChunk, MotionGenerator
+from emote.streaming.windower import AudioWindower
 
 SAMPLE_RATE = 16000
 
@@ -27,11 +26,11 @@ def speech_16k(text: str) -> np.ndarray:
     Cached: espeak-ng keeps pitch-flutter state between calls, so each text is synthesised once per
     process and every test sees the same samples.
     """
-    from server import tts
+    from emote.server import tts
 
     if not tts.espeak_available():
         pytest.skip("espeak-ng (the tts extra) is not installed")
-    from model.audio_io import load_audio_16k, write_wav
+    from emote.model.media.audio_io import load_audio_16k, write_wav
 
     samples, rate = tts.synthesize(text)
     with tempfile.TemporaryDirectory() as folder:

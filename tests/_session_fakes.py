@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-from model.motion import ARKIT_NAMES
-from streaming.clock import VirtualClock
-from streaming.playout import AudioOut, VideoOut
-from streaming.session import AvatarSession, SessionClosed
+from emote.model.motion.interface import ARKIT_NAMES
+from emote.streaming.clock import VirtualClock
+from emote.streaming.playout import AudioOut, VideoOut
+from emote.streaming.session import AvatarSession, SessionClosed
 
 JAW = ARKIT_NAMES.index("jawOpen")
 

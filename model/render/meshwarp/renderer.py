@@ -1,0 +1,263 @@
+"""The mesh-warp renderer: portrait + one motion frame → one video frame.
+
+Per portrait (once): frame it, paint the mouth interior textures, stack them
+with the photo and its person matte into one RGBA atlas, fill in the
+background behind the person, and build the meshes (face skin with holes,
+eye patches, rings around the face). Per frame: deform the landmarks by the
+expression (the learned blendshape basis), add gaze, build the mouth
+interior, turn the head in 3-D about a pivot behind the face, rasterise all
+layers into one backward map, sample the atlas with a single ``cv2.remap``,
+and composite over the pinned background. A frame whose motion equals the
+portrait's own expression reproduces the portrait exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+from emote.model.face.framing import FramedPortrait
+from emote.model.motion.interface import COEFF_INDEX, N_COEFFS
+from emote.model.render.meshwarp.mesh import (
+    FACE_OVAL,
+    LEFT_BROW_SKIN,
+    LEFT_EYE,
+    LEFT_IRIS,
+    LEFT_LID_FOLD,
+    LEFT_LOWER_LID,
+    LEFT_UPPER_LID,
+    RIGHT_BROW_SKIN,
+    RIGHT_EYE,
+    RIGHT_IRIS,
+    RIGHT_LID_FOLD,
+    RIGHT_LOWER_LID,
+    RIGHT_UPPER_LID,
+    build_surround,
+    skin_triangles,
+)
+from emote.model.render.meshwarp.mouth_interior import MouthRig, paint_mouth_textures
+from emote.model.render.meshwarp.raster import Rasterizer, by_layer
+
+#: Callable mapping a (52,) coefficient change to (478, 3) deformed landmarks.
+Deformer = Callable[[np.ndarray], np.ndarray]
+
+LAYER_SURROUND, LAYER_EYES, LAYER_SKIN = 0, 6, 7
+_C = COEFF_INDEX
+
+
+def rotation_matrix(yaw_deg: float, pitch_deg: float, roll_deg: float) -> np.ndarray:
+    """(3, 3) rotation in image axes (x right, y down, z away from the viewer).
+
+    Yaw > 0 turns the face to the viewer's right, pitch > 0 tips the chin
+    down, roll > 0 tilts the head clockwise on screen (see model.motion.interface).
+    """
+    y, p, r = np.radians([yaw_deg, pitch_deg, roll_deg])
+    ry = np.array([[np.cos(y), 0, -np.sin(y)], [0, 1, 0], [np.sin(y), 0, np.cos(y)]])
+    rx = np.array([[1, 0, 0], [0, np.cos(p), -np.sin(p)], [0, np.sin(p), np.cos(p)]])
+    rz = np.array([[np.cos(r), -np.sin(r), 0], [np.sin(r), np.cos(r), 0], [0, 0, 1]])
+    return (rz @ rx @ ry).astype(np.float32)
+
+
+def fill_background(image: np.ndarray, matte: np.ndarray) -> np.ndarray:
+    """The picture with the person removed: background colours pushed into the person's area.
+
+    A push-pull fill: average the known background down an image pyramid,
+    then pull the coarse colours back up into the unknown pixels.
+    """
+    known = (cv2.dilate((matte > 0.05).astype(np.uint8), np.ones((7, 7), np.uint8)) == 0).astype(np.float32)
+    levels = []
+    col = image.astype(np.float32) * known[..., None]
+    wgt = known.copy()
+    while min(wgt.shape) > 4:
+        levels.append((col, wgt))
+        col = cv2.resize(col, (max(1, col.shape[1] // 2), max(1, col.shape[0] // 2)), interpolation=cv2.INTER_AREA)
+        wgt = cv2.resize(wgt, (col.shape[1], col.shape[0]), interpolation=cv2.INTER_AREA)
+    filled = col / np.maximum(wgt, 1e-6)[..., None]
+    if wgt.max() <= 0:  # no background at all: fall back to a blurred picture
+        return cv2.GaussianBlur(image, (0, 0), 15)
+    for col_l, wgt_l in reversed(levels):
+        up = cv2.resize(filled, (col_l.shape[1], col_l.shape[0]), interpolation=cv2.INTER_LINEAR)
+        mean = col_l / np.maximum(wgt_l, 1e-6)[..., None]
+        a = np.clip(wgt_l * 4, 0, 1)[..., None]
+        filled = mean * a + up * (1 - a)
+    out = image.astype(np.float32) * known[..., None] + filled * (1 - known[..., None])
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def delaunay(points: np.ndarray) -> np.ndarray:
+    """(T, 3) int32 Delaunay triangles of (N, 2) points (OpenCV's subdivision; scipy costs a slow import)."""
+    pts = np.asarray(points, np.float32)
+    lo, hi = pts.min(axis=0) - 1, pts.max(axis=0) + 1
+    subdiv = cv2.Subdiv2D((int(np.floor(lo[0])), int(np.floor(lo[1])), int(np.ceil(hi[0] - lo[0])) + 1,
+                           int(np.ceil(hi[1] - lo[1])) + 1))
+    subdiv.insert([(float(x), float(y)) for x, y in pts])
+    corners = subdiv.getTriangleList().reshape(-1, 3, 2)
+    # Map corners back to point indices; triangles touching Subdiv2D's outer frame are dropped.
+    d = np.linalg.norm(corners[:, :, None, :] - pts[None, None, :, :], axis=3)
+    idx = d.argmin(axis=2)
+    keep = (d.min(axis=2) < 1e-3).all(axis=1)
+    return idx[keep].astype(np.int32)
+
+
+def _eye_patch(rest: np.ndarray, loop: np.ndarray, iris: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An eye patch: (source xyz (V,3), triangles, index of the iris vertices).
+
+    The eye is drawn from the photo under the lids (which the skin mesh moves),
+    never squashed by a blink; the patch reaches beyond the opening so an
+    eye opened wider than in the photo still shows the photo's own eye.
+    """
+    contour = rest[loop]
+    centre = contour.mean(axis=0)
+    rim = centre + (contour - centre) * 1.5
+    pts = np.concatenate([contour, rim, rest[iris]]).astype(np.float32)
+    tris = delaunay(pts[:, :2])
+    iris_idx = np.arange(2 * len(loop), 2 * len(loop) + len(iris))
+    return pts, tris, iris_idx
+
+
+class Renderer:
+    """Renders frames of one portrait.
+
+    Args:
+        portrait: the framed portrait (output pixels).
+        deformer: maps a (52,) change of coefficients (relative to the
+            portrait's own) to the (478, 3) deformed landmarks; ``None``
+            keeps the expression of the photo (head pose and gaze still move).
+    """
+
+    def __init__(self, portrait: FramedPortrait, deformer: Deformer | None = None) -> None:
+        self.portrait = portrait
+        self.deformer = deformer
+        rest = portrait.landmarks.astype(np.float32)
+        self.rest = rest
+        w, h = portrait.size
+        self.textures = paint_mouth_textures(portrait.image, rest, w)
+        # Snap the matte's near-certain values: the rasteriser composites only where the person's
+        # opacity is partial, and a matte that is 0.99 all over would send every pixel that way.
+        matte = np.where(portrait.matte > 0.97, 1.0, np.where(portrait.matte < 0.03, 0.0, portrait.matte))
+        matte_u8 = np.round(matte * 255).astype(np.uint8)
+        atlas = np.concatenate([np.dstack([portrait.image, matte_u8]), self.textures.strip])
+        self.background = fill_background(portrait.image, portrait.matte)
+        oval = rest[FACE_OVAL]
+        self.face_width = float(np.ptp(oval[:, 0]))
+        # Scenery further from the person than any head motion can reach never changes.
+        reach = int(0.3 * self.face_width) | 1
+        disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (reach, reach))
+        near = cv2.dilate((portrait.matte > 0.02).astype(np.uint8), disc)
+        self.raster = Rasterizer(atlas, portrait.image, self.background, static=near == 0)
+        self.mouth = MouthRig(rest, self.textures, float(h))
+        surround = build_surround(rest, (w, h))
+        face_h = float(np.ptp(oval[:, 1]))
+        centre = oval.mean(axis=0)
+        # The head turns about a point behind the face, roughly above the neck.
+        self.pivot = np.array([centre[0], centre[1] + 0.15 * face_h, centre[2] + 0.65 * self.face_width], np.float32)
+        self.eyes = [_eye_patch(rest, RIGHT_EYE, RIGHT_IRIS), _eye_patch(rest, LEFT_EYE, LEFT_IRIS)]
+        self.eye_width = [float(np.ptp(rest[RIGHT_EYE, 0])), float(np.ptp(rest[LEFT_EYE, 0]))]
+        # Vertex blocks: landmarks | surround rings | mouth interior | right eye | left eye.
+        # Everything but the positions (and a few shades) is fixed per portrait.
+        n_face, n_ring, n_mouth = len(rest), len(surround.points), len(self.mouth.uv)
+        o_mouth = n_face + n_ring
+        o_eye = o_mouth + n_mouth
+        eye_offsets = [o_eye, o_eye + len(self.eyes[0][0])]
+        self._uv = np.concatenate([rest[:, :2], surround.points[:, :2], self.mouth.uv]
+                                  + [pts[:, :2] for pts, _, _ in self.eyes]).astype(np.float32)
+        self._weight = np.concatenate([np.ones(n_face), surround.head_weight, np.ones(n_mouth)]
+                                      + [np.ones(len(pts)) for pts, _, _ in self.eyes]).astype(np.float32)[:, None]
+        skin = skin_triangles()
+        tris = [surround.triangles, skin, self.mouth.tris + o_mouth]
+        layers = [np.full(len(surround.triangles), LAYER_SURROUND), np.full(len(skin), LAYER_SKIN), self.mouth.layer]
+        for (_, etris, _), off in zip(self.eyes, eye_offsets, strict=True):
+            tris.append(etris + off)
+            layers.append(np.full(len(etris), LAYER_EYES))
+        all_layers = np.concatenate(layers)
+        self._tris = by_layer(np.concatenate(tris), all_layers)
+        self._bottom = int(np.sum(all_layers > LAYER_SURROUND))  # the surround sorts last
+        self._mouth_slice = slice(o_mouth, o_eye)
+        self._iris = [off + iris for (_, _, iris), off in zip(self.eyes, eye_offsets, strict=True)]
+        self._eye_slices = [slice(off, off + len(pts)) for (pts, _, _), off in zip(self.eyes, eye_offsets, strict=True)]
+        self._xyz = np.concatenate([rest, surround.points, np.zeros((n_mouth, 3), np.float32)]
+                                   + [pts for pts, _, _ in self.eyes]).astype(np.float32)
+        self._shade = np.ones(len(self._xyz), np.float32)
+        self._lids = [(RIGHT_UPPER_LID, RIGHT_LOWER_LID, RIGHT_LID_FOLD, _C["eyeBlinkRight"]),
+                      (LEFT_UPPER_LID, LEFT_LOWER_LID, LEFT_LID_FOLD, _C["eyeBlinkLeft"])]
+        # Where a shut lid takes its skin from: the band between the lid fold and the brow,
+        # clear of lashes and crease shadow (a stretched lash line would smear over the eye).
+        self._lid_skin = []
+        for upper, fold, brow in ((RIGHT_UPPER_LID, RIGHT_LID_FOLD, RIGHT_BROW_SKIN),
+                                  (LEFT_UPPER_LID, LEFT_LID_FOLD, LEFT_BROW_SKIN)):
+            up = rest[brow, :2] - rest[fold, :2]
+            self._lid_skin.append((upper, fold, rest[fold, :2] + 0.2 * up, rest[fold, :2] + 0.55 * up))
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the frames :meth:`render` returns."""
+        return self.portrait.size
+
+    def deformed_landmarks(self, coeffs: np.ndarray) -> np.ndarray:
+        """(478, 3) landmarks with this frame's expression, in the portrait's head pose."""
+        coeffs = np.asarray(coeffs, np.float32)
+        delta = coeffs - self.portrait.rest
+        if self.deformer is None or not np.any(delta):
+            return self.rest.copy()
+        face = np.asarray(self.deformer(delta), np.float32)
+        for upper, lower, fold, ci in self._lids:
+            # The learned basis under-closes the lids (the tracker it was fitted on
+            # does); a blink must shut the eye, so the lid edge is placed explicitly.
+            closure = self._closure(coeffs, ci)
+            if closure <= 0.0:
+                continue
+            gap = face[lower] - face[upper]
+            shut = face[upper] + gap * 0.9
+            extra = (shut - face[upper]) * closure
+            face[upper] += extra
+            face[fold] += 0.35 * extra
+        return face
+
+    def _closure(self, coeffs: np.ndarray, ci: int) -> float:
+        """How far a lid is shut beyond the photo's own lid (0 as in the photo .. 1 shut)."""
+        rest_c = float(self.portrait.rest[ci])
+        return float(np.clip((coeffs[ci] - rest_c) / max(1.0 - rest_c, 1e-3), 0.0, 1.0)) ** 0.8
+
+    def _gaze_shift(self, delta: np.ndarray, eye: int) -> np.ndarray:
+        side = ("Right", "Left")[eye]
+        look_in, look_out = delta[_C["eyeLookIn" + side]], delta[_C["eyeLookOut" + side]]
+        # The subject's right eye looks "out" towards the viewer's left.
+        dx = (look_in - look_out) if eye == 0 else (look_out - look_in)
+        dy = delta[_C["eyeLookDown" + side]] - delta[_C["eyeLookUp" + side]]
+        return np.array([0.22 * dx, 0.12 * dy, 0.0], np.float32) * self.eye_width[eye]
+
+    def render(self, pose: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
+        """One frame.
+
+        Args:
+            pose: (6,) yaw, pitch, roll (deg), x, y (face widths), scale.
+            coeffs: (52,) ARKit coefficients (absolute).
+
+        Returns:
+            (H, W, 3) uint8 RGB frame. The array is reused by the next call.
+        """
+        coeffs = np.asarray(coeffs, np.float32)
+        if coeffs.shape != (N_COEFFS,):
+            raise ValueError(f"coeffs must be ({N_COEFFS},), got {coeffs.shape}")
+        delta = coeffs - self.portrait.rest
+        xyz, shade = self._xyz, self._shade
+        face = self.deformed_landmarks(coeffs)
+        xyz[: len(face)] = face
+        xyz[self._mouth_slice], shade[self._mouth_slice] = self.mouth.place(face)
+        for eye, (pts, _, _) in enumerate(self.eyes):
+            xyz[self._eye_slices[eye]] = pts
+            xyz[self._iris[eye]] += self._gaze_shift(delta, eye)
+        uv = self._uv
+        for (lid, fold, edge_src, fold_src), (_, _, _, ci) in zip(self._lid_skin, self._lids, strict=True):
+            closure = self._closure(coeffs, ci)
+            uv[lid] = self.rest[lid, :2] + closure * (edge_src - self.rest[lid, :2])
+            uv[fold] = self.rest[fold, :2] + closure * (fold_src - self.rest[fold, :2])
+            shade[lid] = 1.0 - 0.3 * closure  # a little shadow along the lash line
+        yaw, pitch, roll, tx, ty, scale = (float(v) for v in pose)
+        rot = rotation_matrix(yaw, pitch, roll) * scale
+        moved = (xyz - self.pivot) @ rot.T + self.pivot
+        moved[:, 0] += tx * self.face_width
+        moved[:, 1] += ty * self.face_width
+        xy = xyz[:, :2] + self._weight * (moved[:, :2] - xyz[:, :2])
+        return self.raster.draw(xy, uv, shade, self._tris, self._bottom)
