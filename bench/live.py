@@ -109,10 +109,10 @@ def in_loopback_namespace() -> bool:
 
 def utterances(min_seconds: float) -> tuple[list[np.ndarray], list[float]]:
     """Sentences of the benchmark story spoken by espeak-ng (16 kHz int16), at least ``min_seconds`` in all."""
-    from emote.server.tts import synthesize
     from scipy.signal import resample_poly
 
     from bench.speech import PARAGRAPHS
+    from emote.server.tts import synthesize
 
     said: list[np.ndarray] = []
     pauses: list[float] = []
@@ -133,16 +133,17 @@ def utterances(min_seconds: float) -> tuple[list[np.ndarray], list[float]]:
 def reference_offset(portrait: Path, said: list[np.ndarray], pauses: list[float], box: tuple[int, ...],
                      seconds: float) -> dict[str, float]:
     """The A/V offset of an offline render of the agent's speech, measured as at the peer."""
-    from emote.streaming.offline import prepare_portrait
-
     from bench.stages import make_motion
+    from emote.model.render.registry import make_renderer, prepare_portrait
 
     parts: list[np.ndarray] = [np.zeros(8000, np.int16)]
     for speech, pause in zip(said, pauses, strict=True):
         parts += [speech, np.zeros(int(pause * 16000), np.int16)]
     audio = np.concatenate(parts)[: int(seconds * 16000)].astype(np.float32) / 32768
-    framed, renderer = prepare_portrait(portrait, size=SIZE, face_index=0)
-    pose, coeffs, _ = make_motion(audio, framed.rest, fps=FPS)
+    kind = make_renderer()
+    prepared = prepare_portrait(portrait, size=SIZE, face_index=0, renderer=kind)
+    renderer = kind.session(prepared)
+    pose, coeffs, _ = make_motion(audio, prepared.framed.rest, fps=FPS)
     x0, y0, x1, y1 = box
     weights = np.array([0.257, 0.504, 0.098], np.float32)  # BT.601 luma, as the I420 conversion computes it
     luma = np.array([16 + float((renderer.render(p, c)[y0:y1, x0:x1].astype(np.float32) @ weights).mean())
@@ -279,7 +280,7 @@ async def run_phase(phase: Phase, url: str, server_pid: int, tmp: Path, env: dic
 
 async def _run(res: LiveResults, tmp: Path, phases: tuple[Phase, ...]) -> None:
     from emote.model.assets import default_portrait_path
-    from emote.streaming.offline import prepare_portrait
+    from emote.model.render.registry import prepare_portrait
 
     env = {**os.environ, "EMOTE_CACHE_DIR": str(tmp / "portrait-cache")}
     os.environ["EMOTE_CACHE_DIR"] = env["EMOTE_CACHE_DIR"]  # this process's own portrait analysis too
@@ -289,7 +290,7 @@ async def _run(res: LiveResults, tmp: Path, phases: tuple[Phase, ...]) -> None:
     said, pauses = utterances(longest)
     res.speech_s = sum(len(s) for s in said) / 16000 + sum(pauses)
     np.savez(tmp / "speech.npz", count=len(said), pauses=np.array(pauses), **{f"u{i}": s for i, s in enumerate(said)})
-    framed, _ = prepare_portrait(portrait, size=SIZE, face_index=0)
+    framed = prepare_portrait(portrait, size=SIZE, face_index=0).framed
     res.box = mouth_box(framed.landmarks, SIZE)
     log("offline reference render of the agent's speech (A/V offset built into the content)")
     agent_s = next(p.seconds for p in phases if p.mode == "agent")
@@ -330,9 +331,8 @@ def run_live(quick: bool) -> LiveResults:
     About 2 minutes (40 s with ``quick``); a full run on a busy machine waits up to
     :data:`QUIET_WAIT_S` before each phase for the other processes to quieten.
     """
-    from emote.model.motion.baseline.generator import LEAD_S
-
     from bench.report import machine_lines
+    from emote.model.motion.baseline.generator import LEAD_S
 
     res = LiveResults(quick=quick, netns=in_loopback_namespace(), lead_s=LEAD_S)
     if not res.netns:

@@ -48,6 +48,7 @@ def note_thread_names() -> None:
 def install_hooks() -> None:
     """Wrap the video track's ``recv`` and the VP8 encoder's ``encode`` with timers (see the module docstring)."""
     from aiortc.codecs import vpx
+
     from emote.server import tracks
 
     track_recv = tracks.AvatarVideoTrack.recv

@@ -228,7 +228,7 @@ def _method(res: Any) -> list[str]:
         f"written with `model.media.audio_io.write_wav` into a temporary folder (synthesis took {res.tts_s:.2f} s).",
         "- Portraits: the bundled default (`model.assets.default_portrait_path()`) and scikit-image's "
         "astronaut, written to a temporary PNG. The bench uses its own temporary portrait cache.",
-        "- Motion: `BaselineGenerator` fed through `AudioWindower` in 1 s pieces (as `render_file` does); "
+        "- Motion: the baseline through `MotionStream` in 1 s pieces, 25-frame windows (as `render_file` does); "
         "render and encode use that motion, every frame in order.",
         f"- Render: {WARMUP_FRAMES} untimed warm-up frames first (numba compiles or loads its cache there). "
         "The one-core figure comes from a child process under `taskset -c 0` with OMP/NUMBA/OPENBLAS/MKL "

@@ -24,6 +24,7 @@ import av
 import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
+
 from emote.server.ice import IceGuard, IcePolicy, rtc_configuration
 
 SAMPLE_RATE = 48000

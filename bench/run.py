@@ -157,7 +157,7 @@ def bench_e2e(portrait: Path, audio: Path, tmp: Path, duration: float, res: Resu
 
 def bench_portrait(name: str, path: Path, audio16k: np.ndarray, tmp: Path, quick: bool) -> dict:
     """All per-stage timings for one portrait."""
-    from emote.streaming.offline import prepare_portrait
+    from emote.model.render.registry import make_renderer, prepare_portrait
 
     slug = re.sub(r"\W+", "-", name).strip("-")
     r: dict = {}
@@ -166,7 +166,9 @@ def bench_portrait(name: str, path: Path, audio16k: np.ndarray, tmp: Path, quick
     r["analysis"] = time_analysis(path, tmp / "analysis-cache", cold_reps=1 if quick else 3,
                                   warm_reps=5 if quick else 20)
     r["prepare"] = time_prepare(path, reps=2 if quick else 5)
-    framed, renderer = prepare_portrait(path)
+    kind = make_renderer()
+    prepared = prepare_portrait(path, renderer=kind)
+    framed, renderer = prepared.framed, kind.session(prepared)
     r["size"] = framed.size
     log(f"{name}: motion generation")
     r["motion"], pose, coeffs = time_motion(audio16k, framed.rest, reps=1 if quick else 3)
@@ -187,9 +189,8 @@ def bench_portrait(name: str, path: Path, audio16k: np.ndarray, tmp: Path, quick
 
 def run(quick: bool) -> Results:
     """Measure everything (see the module docstring)."""
-    from emote.model.media.audio_io import load_audio_16k
-
     from bench.speech import write_speech
+    from emote.model.media.audio_io import load_audio_16k
 
     res = Results(quick=quick)
     t_run = time.perf_counter()

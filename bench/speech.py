@@ -19,8 +19,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from emote.model.media.audio_io import write_wav
 from scipy.signal import resample_poly
+
+from emote.model.media.audio_io import write_wav
 
 #: The rate the benchmark WAV is written at (Hz).
 WAV_RATE = 44100

@@ -21,10 +21,15 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from emote.model.motion.interface import MotionChunk
 
 #: Render calls made before the clock starts (the first compiles or loads numba's cache).
 WARMUP_FRAMES = 10
@@ -81,7 +86,7 @@ def time_analysis(portrait: Path, cache_dir: Path, cold_reps: int, warm_reps: in
 
 def time_prepare(portrait: Path, reps: int) -> Timing:
     """``prepare_portrait`` with a warm analysis cache (framing, mouth textures, background fill, meshes)."""
-    from emote.streaming.offline import prepare_portrait
+    from emote.model.render.registry import prepare_portrait
 
     prepare_portrait(portrait)
     times = []
@@ -93,39 +98,36 @@ def time_prepare(portrait: Path, reps: int) -> Timing:
 
 
 def make_motion(
-    audio16k: np.ndarray, rest: np.ndarray, fps: float = 25.0
+    audio16k: np.ndarray, rest: np.ndarray, fps: float = 25.0, motion: str = "baseline"
 ) -> tuple[np.ndarray, np.ndarray, list[float]]:
-    """Baseline motion for ``audio16k`` as the offline pipeline makes it.
+    """Motion for ``audio16k`` as the offline pipeline makes it.
 
-    The audio is pushed in one-second pieces through an :class:`AudioWindower`
-    with the offline window length, and every window goes to the generator.
+    The audio is pushed in one-second pieces through a :class:`MotionStream` with the offline
+    render's settings.
 
     Returns:
-        ``(pose (N, 6), coeffs (N, 52), ms per frame of each window)``.
+        ``(pose (N, 6), coeffs (N, 52), ms per frame of each push that made frames)``.
     """
-    from emote.model.motion.baseline.generator import BaselineGenerator
-    from emote.streaming.offline import WINDOW_FRAMES
-    from emote.streaming.windower import AudioWindower
+    from emote.model.motion.registry import make_generator
+    from emote.streaming.animator import MotionStream
+    from emote.streaming.offline import MERGE_FRAMES
 
-    generator = BaselineGenerator()
-    windower = AudioWindower(fps=fps, window_frames=WINDOW_FRAMES, context_ms=generator.context_ms,
-                             lookahead_ms=generator.lookahead_ms)
-    state = generator.initial_state(rest, 0)
+    stream = MotionStream(make_generator(motion), rest, fps=fps, merge_frames=MERGE_FRAMES)
     poses, coeffs, per_frame = [], [], []
 
-    def run(windows: list) -> None:
-        nonlocal state
-        for window in windows:
-            t = time.perf_counter()
-            chunk, state = generator.generate(window, state)
-            per_frame.append(_ms_since(t) / max(1, len(chunk)))
-            poses.append(chunk.pose)
-            coeffs.append(chunk.coeffs)
+    def run(push: Callable[[], list[MotionChunk]]) -> None:
+        t = time.perf_counter()
+        chunks = push()
+        n = sum(len(c) for c in chunks)
+        if n:
+            per_frame.append(_ms_since(t) / n)
+        poses.extend(c.pose for c in chunks)
+        coeffs.extend(c.coeffs for c in chunks)
 
-    step = windower.sample_rate
+    step = 16000
     for i in range(0, len(audio16k), step):
-        run(windower.push(audio16k[i : i + step]))
-    run(windower.finish())
+        run(lambda i=i: stream.push(audio16k[i : i + step]))
+    run(stream.finish)
     return np.concatenate(poses), np.concatenate(coeffs), per_frame
 
 
@@ -221,10 +223,12 @@ def _pinned_child(portrait: str, motion: str, out: str) -> None:
 
     cv2.setNumThreads(1)
     import numba
-    from emote.streaming.offline import prepare_portrait
+
+    from emote.model.render.registry import make_renderer, prepare_portrait
 
     data = np.load(motion)
-    _, renderer = prepare_portrait(portrait)
+    kind = make_renderer()
+    renderer = kind.session(prepare_portrait(portrait, renderer=kind))
     times, _ = render_frames(renderer, data["pose"], data["coeffs"])
     result = {
         "ms": times,

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from emote.model.errors import DependencyError
 from emote.model.face.tracks import FaceTracks
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+
 from emote.evaluation.identity import evenly_spaced
 from emote.model.errors import DependencyError
 from emote.model.face.tracks import FaceTracks

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from emote.model.media.audio_io import open_audio
 from emote.model.media.video_out import Mp4Writer
 

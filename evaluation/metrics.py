@@ -18,6 +18,7 @@ import warnings
 from typing import NamedTuple
 
 import numpy as np
+
 from emote.model.face.blendshape_basis import BlendshapeBasis
 
 SAMPLE_RATE = 16000

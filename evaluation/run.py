@@ -26,13 +26,15 @@ from typing import Any
 
 import cv2
 import numpy as np
+
 from emote.evaluation import metrics as em
 from emote.evaluation.media import contact_sheet, write_side_by_side
 from emote.model.errors import EmoteError, OptionError
 from emote.model.face.tracks import FaceTracks, measure_frames, read_video_frames
 from emote.model.media.audio_io import load_audio_16k
 from emote.model.media.video_out import Mp4Writer
-from emote.streaming.offline import GENERATORS, render_file
+from emote.model.motion.registry import check_generator_name
+from emote.streaming.offline import render_file
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".m4v"}
 CALIBRATION = "reencode"
@@ -256,8 +258,7 @@ def run_eval(
 ) -> tuple[list[VideoReport], str]:  # fmt: skip
     """Evaluate every video; returns the per-video reports and the summary markdown (also written)."""
     for name in generators:
-        if name not in GENERATORS:
-            raise OptionError(f"--motion {name!r}: unknown generator; choose from {', '.join(GENERATORS)}")
+        check_generator_name(name)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     reports = []

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from emote.model.face.blendshape_basis import N_LANDMARKS, align_sequence, normalise_shape
 from emote.model.face.landmarker import landmarker_task_path, quiet_native_logs
 from emote.model.motion.interface import ARKIT_NAMES, COEFF_INDEX, N_COEFFS, coeffs_from_named

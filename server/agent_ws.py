@@ -49,6 +49,9 @@ from collections import deque
 from typing import Any
 
 import numpy as np
+from starlette.responses import JSONResponse
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
 from emote.server.sessions import ManagedSession, SessionManager, UnknownSessionError
 from emote.streaming.session import (
     PlaybackFinished,
@@ -58,8 +61,6 @@ from emote.streaming.session import (
     SessionFailed,
     SpeechCleared,
 )
-from starlette.responses import JSONResponse
-from starlette.websockets import WebSocket, WebSocketDisconnect
 
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 48000
 START_TIMEOUT_S = 10.0

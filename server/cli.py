@@ -62,6 +62,19 @@ class _Progress:
             self.stream.write("\n")
 
 
+def _add_motion_option(p: argparse.ArgumentParser, *, several: bool = False) -> None:
+    from emote.model.motion.registry import DEFAULT_GENERATOR, generator_names
+
+    names = ", ".join(generator_names())
+    if several:
+        default = f"{DEFAULT_GENERATOR},still"
+        p.add_argument("--motion", default=default,
+                       help=f"comma-separated motion generators to compare ({names}; default {default})")
+    else:
+        p.add_argument("--motion", default=DEFAULT_GENERATOR,
+                       help=f"motion generator: {names} (default {DEFAULT_GENERATOR})")
+
+
 def _add_render_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, help="MP4 file to write")
     p.add_argument("--fps", type=float, default=25.0, help="frames per second (default 25)")
@@ -70,7 +83,7 @@ def _add_render_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed of head motion, blinks and gaze")
     p.add_argument("--face", type=int, default=None, metavar="N",
                    help="which face to animate when there are several (0 = largest)")
-    p.add_argument("--motion", default="baseline", help="motion generator (default: baseline)")
+    _add_motion_option(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="measure generated videos against real talking videos")
     ev.add_argument("videos", nargs="+", metavar="VIDEO_OR_FOLDER", help="real talking videos, or folders of them")
     ev.add_argument("--out", default="out/eval", help="folder for metrics, side-by-sides and the summary")
-    ev.add_argument("--motion", default="baseline,still", help="comma-separated generators (default baseline,still)")
+    _add_motion_option(ev, several=True)
     ev.add_argument("--portrait", default=None, help="animate this image instead of each video's first frame")
     ev.add_argument("--seed", type=int, default=0, help="random seed of the generators")
     serve = sub.add_parser("serve", help="run the live server: a talking avatar over WebRTC, web client at /")
@@ -95,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080, help="port for HTTP and WebSocket (default 8080, 0 = any)")
     serve.add_argument("--portrait", default=None, help="default portrait (default: the bundled one)")
     serve.add_argument("--max-sessions", type=int, default=2, help="concurrent sessions (default 2)")
+    _add_motion_option(serve)
     serve.add_argument("--data-dir", default=None,
                        help="where uploaded portraits are kept (default $EMOTE_DATA_DIR or ~/.local/share/emote)")
     serve.add_argument("--ice-address", action="append", default=None, metavar="IP",
@@ -132,13 +146,15 @@ def _render(portrait: str, audio: str, args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from emote.model.assets import default_portrait_path
     from emote.model.media.audio_io import write_wav
+    from emote.model.motion.registry import DEFAULT_GENERATOR
     from emote.server.tts import synthesize
 
     samples, rate = synthesize(args.text)
     with tempfile.TemporaryDirectory(prefix="emote-demo-") as tmp:
         speech = str(Path(tmp) / "speech.wav")
         write_wav(speech, samples, rate)
-        args.fps, args.size, args.full_frame, args.seed, args.face, args.motion = 25.0, 512, False, 0, None, "baseline"
+        args.fps, args.size, args.full_frame, args.seed, args.face = 25.0, 512, False, 0, None
+        args.motion = DEFAULT_GENERATOR
         _render(args.portrait or str(default_portrait_path()), speech, args)
     print(f"open {Path(args.output).resolve()} to watch the demo")
 
@@ -147,7 +163,8 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
     """The server settings ``emote serve`` options ask for (checked: a bad one raises OptionError)."""
     from emote.server.config import ServerConfig
 
-    options: dict[str, object] = {"host": args.host, "port": args.port, "max_sessions": args.max_sessions}
+    options: dict[str, object] = {"host": args.host, "port": args.port, "max_sessions": args.max_sessions,
+                                  "motion": args.motion}
     if args.portrait:
         options["portrait"] = Path(args.portrait)
     if args.data_dir:
@@ -178,10 +195,11 @@ def _serve(args: argparse.Namespace) -> None:
                          "choose another --port or --host") from None
     try:
         import uvicorn
+
         from emote.model.assets import default_portrait_path
+        from emote.model.render.registry import prepare_portrait
         from emote.server.agent_ws import MAX_AUDIO_MESSAGE_BYTES
         from emote.server.app import create_app
-        from emote.streaming.offline import prepare_portrait
         from emote.streaming.speech_gate import load_vad_model
 
         # Analyse the default portrait and load the speech gate's model now: a bad --portrait fails
@@ -189,11 +207,6 @@ def _serve(args: argparse.Namespace) -> None:
         print("emote: preparing the portrait and models ...", file=sys.stderr, flush=True)
         prepare_portrait(config.portrait or default_portrait_path(), size=config.size, face_index=0)
         load_vad_model()
-        import torch
-
-        # The speech gate scores 512 samples at a time: extra intra-op threads only spin. With the
-        # default (one per core) torch's OpenMP workers burned ~0.25 cores per live call (measured).
-        torch.set_num_threads(1)
         sock.listen(128)  # from here, connections wait in the backlog until the server accepts them
     except BaseException:
         sock.close()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from emote.model.errors import OptionError
+from emote.model.motion.registry import DEFAULT_GENERATOR, check_generator_name
 
 if TYPE_CHECKING:
     from emote.server.ice import IcePolicy
@@ -54,6 +55,7 @@ class ServerConfig:
         data_dir: uploaded portraits go to ``data_dir / "portraits"``.
         fps: video frame rate of every session.
         size: side in pixels of the square video around the face.
+        motion: the motion generator every session uses (``emote serve --motion NAME``).
         render_threads: worker threads shared by all sessions for motion and rendering; one per core.
         shutdown_timeout_s: how long a shutdown waits for open requests before cancelling them.
     """
@@ -72,6 +74,7 @@ class ServerConfig:
     data_dir: Path = field(default_factory=default_data_dir)
     fps: float = 25.0
     size: int = 512
+    motion: str = DEFAULT_GENERATOR
     render_threads: int = 2
     shutdown_timeout_s: float = 3.0
 
@@ -87,6 +90,7 @@ class ServerConfig:
         _check_int("max_stored_uploads", self.max_stored_uploads, 1, 100_000)
         _check_int("size", self.size, 64, 2048)
         _check_int("render_threads", self.render_threads, 1, 64)
+        check_generator_name(self.motion)
         if isinstance(self.fps, bool) or not isinstance(self.fps, int | float) or not 1 <= self.fps <= 60:
             raise OptionError(f"fps must be a number from 1 to 60, got {self.fps!r}")
         timeout = self.shutdown_timeout_s

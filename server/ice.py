@@ -26,6 +26,7 @@ from typing import Any
 from aioice import Candidate, Connection, stun
 from aioice.ice import StunProtocol
 from aiortc import RTCConfiguration, RTCPeerConnection
+
 from emote.model.errors import OptionError
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ new one beyond that deletes the least recently uploaded, with its cached analysi
 default portrait, nor its analysis).
 
 The parts a live session is built from that outlive it are kept here too, so that starting a session
-does not stall the others: :class:`PreparedPortraits` (framed portraits and their deformers) and
+does not stall the others: :class:`PreparedPortraits` (renderers' prepared portraits) and
 :class:`GatePool` (warm speech gates).
 """
 
@@ -37,13 +37,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from emote.model.errors import NotAnImageError, PortraitError
-from emote.model.face.framing import FramedPortrait
-from emote.model.face.portrait import analyze_portrait, cached_analysis_path
-from emote.model.render.meshwarp.renderer import Renderer
-from emote.streaming.offline import prepare_portrait
-from emote.streaming.speech_gate import SpeechGate
 from PIL import Image, UnidentifiedImageError
+
+from emote.model.errors import NotAnImageError, PortraitError
+from emote.model.face.portrait import analyze_portrait, cached_analysis_path
+from emote.model.render.interface import FrameRenderer, PreparedPortrait, Renderer
+from emote.model.render.registry import make_renderer, prepare_portrait
+from emote.streaming.speech_gate import SpeechGate
 
 DEFAULT_ID = "default"
 ID_HEX_DIGITS = 16
@@ -259,38 +259,36 @@ class PortraitStore:
 
 
 class PreparedPortraits:
-    """Framed portraits and their deformers, kept for the next session on the same portrait.
+    """Prepared portraits, kept for the next session on the same portrait.
 
-    A session needs its own :class:`~model.render.meshwarp.renderer.Renderer` (it keeps per-frame buffers), but what the
-    renderer is built from depends only on the portrait and the video size: the analysis (cached on
-    disk, ~10 ms to load), the framing and the deformer (~20 ms more). They are kept for the
-    :attr:`entries` portraits used last, read-only, shared by the sessions that animate them.
-    Thread-safe (sessions are prepared on a worker thread).
+    A session needs a frame renderer of its own (it keeps per-frame buffers), but what that is built
+    from depends only on the portrait and the video size: the analysis (cached on disk, ~10 ms to
+    load), the framing, textures, meshes and deformer (~60-90 ms more). The renderer's immutable
+    :class:`~emote.model.render.interface.PreparedPortrait` is kept for the :attr:`entries` portraits
+    used last and shared by the sessions that animate them. Thread-safe (sessions are prepared on a
+    worker thread).
     """
 
-    def __init__(self, entries: int = 4) -> None:
+    def __init__(self, entries: int = 4, renderer: Renderer[Any] | None = None) -> None:
         self.entries = entries
-        self._kept: OrderedDict[tuple[str, str, int], tuple[FramedPortrait, Any]] = OrderedDict()
+        self.renderer_kind = renderer or make_renderer()
+        self._kept: OrderedDict[tuple[str, str, int], PreparedPortrait] = OrderedDict()
         self._lock = threading.Lock()
 
-    def renderer(self, info: PortraitInfo, size: int) -> tuple[FramedPortrait, Renderer]:
-        """The framed portrait (shared, read-only) and a new renderer for it, at ``size``."""
+    def renderer(self, info: PortraitInfo, size: int) -> tuple[PreparedPortrait, FrameRenderer]:
+        """The prepared portrait (shared, read-only) and a new frame renderer for it, at ``size``."""
         key = (info.id, str(info.path), size)
         with self._lock:
-            kept = self._kept.get(key)
-            if kept is not None:
+            prepared = self._kept.get(key)
+            if prepared is not None:
                 self._kept.move_to_end(key)
-        if kept is not None:
-            return kept[0], Renderer(*kept)
-        framed, renderer = prepare_portrait(info.path, size=size, face_index=0)
-        for array in (framed.image, framed.matte, framed.landmarks, framed.rest,
-                      *(v for v in vars(renderer.deformer).values() if isinstance(v, np.ndarray))):
-            array.setflags(write=False)  # shared between sessions: nobody may change it
-        with self._lock:
-            self._kept[key] = (framed, renderer.deformer)
-            while len(self._kept) > self.entries:
-                self._kept.popitem(last=False)
-        return framed, renderer
+        if prepared is None:
+            prepared = prepare_portrait(info.path, size=size, face_index=0, renderer=self.renderer_kind)
+            with self._lock:
+                self._kept[key] = prepared
+                while len(self._kept) > self.entries:
+                    self._kept.popitem(last=False)
+        return prepared, self.renderer_kind.session(prepared)
 
 
 class GateLease:

@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from emote.model.motion.baseline.generator import BaselineGenerator
+
+from emote.model.motion.registry import make_generator
 from emote.server.config import ServerConfig
 from emote.server.portraits import GateLease, GatePool, PortraitInfo, PortraitStore, PreparedPortraits
 from emote.streaming.session import (
@@ -472,10 +473,10 @@ class SessionManager:
             # the renderer (its framed portrait kept from an earlier session on the same portrait), a
             # warm speech gate from the pool, and the session's own warm-up of the generator and gate
             # (its asyncio primitives bind to the loop when first awaited, so building it here is safe).
-            framed, renderer = self._prepared.renderer(portrait, self.config.size)
+            prepared, renderer = self._prepared.renderer(portrait, self.config.size)
             lease = self._gates.lend()
             try:
-                session = AvatarSession(renderer, BaselineGenerator(), framed.rest,
+                session = AvatarSession(renderer, make_generator(self.config.motion), prepared.framed.rest,
                                         config=SessionConfig(fps=self.config.fps), executor=self._executor,
                                         speech_gate=lease)  # type: ignore[arg-type]  # a SpeechGate to it
             except BaseException:

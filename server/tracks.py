@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
+
 from emote.streaming.session import AudioOut, SessionClosed, VideoOut
 
 VIDEO_CLOCK_RATE = 90000  # RTP video clock (RFC 7741 for VP8)

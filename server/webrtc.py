@@ -31,6 +31,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
 from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
 from aiortc.mediastreams import MediaStreamError
+
 from emote.model.errors import SignalingError
 from emote.server.ice import IceGuard, IcePolicy, rtc_configuration
 from emote.server.tracks import AvatarAudioTrack, AvatarVideoTrack

@@ -3,8 +3,8 @@
 The same stages the live server runs, driven from a file: the audio is
 decoded once in chunks (16 kHz mono for the motion generator, the original
 audio re-encoded to AAC for the output), pushed through the
-:class:`~streaming.windower.AudioWindower`, turned into motion window by
-window, rendered frame by frame and streamed to the encoder. Nothing holds
+:class:`~emote.streaming.animator.Animator` (windows, motion, frames) and
+streamed to the encoder. Nothing holds
 the whole video, so an hour of audio renders in bounded memory. Rendering
 runs on this thread while H.264 encoding runs on a second one, so the two
 cores work at once; the output appears under its final name only when
@@ -22,23 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from emote.model.errors import OptionError
-from emote.model.face.blendshape_basis import BlendshapeBasis
-from emote.model.face.framing import FramedPortrait, frame_portrait
-from emote.model.face.portrait import analyze_portrait
 from emote.model.media.audio_io import open_audio
 from emote.model.media.video_out import Mp4Writer
-from emote.model.motion.baseline.generator import BaselineGenerator
-from emote.model.motion.interface import AudioWindow, MotionGenerator
-from emote.model.motion.still import StillGenerator
-from emote.model.render.meshwarp.renderer import Renderer
-from emote.streaming.windower import AudioWindower
+from emote.model.motion.registry import DEFAULT_GENERATOR, generator_names, make_generator
+from emote.model.render.registry import make_renderer, prepare_portrait
+from emote.streaming.animator import Animator
 
-#: Frames per motion window offline (the streaming server uses shorter ones).
-WINDOW_FRAMES = 25
+#: Frames generated per call offline when the generator allows merging windows (fewer, longer calls).
+MERGE_FRAMES = 25
 #: Frames rendered ahead of the encoder at most (bounded memory).
 ENCODE_QUEUE_FRAMES = 8
-
-GENERATORS: dict[str, Callable[[], MotionGenerator]] = {"baseline": BaselineGenerator, "still": StillGenerator}
 
 ProgressFn = Callable[[float, float | None], None]
 
@@ -54,25 +47,6 @@ class RenderStats:
     render_s: float
     encode_wait_s: float
     wall_s: float
-
-
-def prepare_portrait(
-    portrait: str | Path, *, size: int = 512, full_frame: bool = False, face_index: int | None = None
-) -> tuple[FramedPortrait, Renderer]:
-    """Analyse (or load from the cache), frame, and build the renderer for a portrait."""
-    analysis = analyze_portrait(portrait, face_index=face_index)
-    framed = frame_portrait(analysis.image, analysis.matte, analysis.landmarks, analysis.coeffs,
-                            size=size, full_frame=full_frame)
-    deformer = BlendshapeBasis.load().portrait(framed.landmarks)
-    return framed, Renderer(framed, deformer)
-
-
-def make_generator(name: str) -> MotionGenerator:
-    """A motion generator by name (``baseline``)."""
-    try:
-        return GENERATORS[name]()
-    except KeyError:
-        raise OptionError(f"--motion {name!r}: unknown generator; choose one of {', '.join(GENERATORS)}") from None
 
 
 class _EncoderThread:
@@ -128,7 +102,7 @@ def render_file(
     full_frame: bool = False,
     seed: int = 0,
     face_index: int | None = None,
-    motion: str = "baseline",
+    motion: str = DEFAULT_GENERATOR,
     progress: ProgressFn | None = None,
 ) -> RenderStats:
     """Render ``portrait`` speaking ``audio`` into the MP4 file ``out``.
@@ -153,45 +127,36 @@ def render_file(
     t0 = time.perf_counter()
     generator = make_generator(motion)
     source = open_audio(audio)
-    framed, renderer = prepare_portrait(portrait, size=size, full_frame=full_frame, face_index=face_index)
+    renderer = make_renderer()
+    prepared = prepare_portrait(portrait, size=size, full_frame=full_frame, face_index=face_index, renderer=renderer)
     t_analysis = time.perf_counter() - t0
-    windower = AudioWindower(fps=fps, window_frames=WINDOW_FRAMES, context_ms=generator.context_ms,
-                             lookahead_ms=generator.lookahead_ms)
-    state = generator.initial_state(framed.rest, seed)
-    width, height = framed.size
-    motion_s = render_s = 0.0
+    animator = Animator(generator, renderer.session(prepared), prepared.framed.rest, fps=fps, seed=seed,
+                        merge_frames=MERGE_FRAMES)
+    width, height = prepared.size
     frames = 0
     # One encoder thread: rendering keeps the other core (x264 would otherwise take both).
     with Mp4Writer(out, width, height, fps, audio_rate=source.mux_rate, audio_layout=source.mux_layout,
                    threads=1) as writer:
         encoder = _EncoderThread(writer)
         try:
-            def emit(windows: list[AudioWindow]) -> None:
-                nonlocal state, motion_s, render_s, frames
-                for window in windows:
-                    t = time.perf_counter()
-                    chunk, state = generator.generate(window, state)
-                    motion_s += time.perf_counter() - t
-                    for i in range(len(chunk)):
-                        t = time.perf_counter()
-                        frame = renderer.render(chunk.pose[i], chunk.coeffs[i])
-                        render_s += time.perf_counter() - t
-                        encoder.put("video", frame)
-                        frames += 1
-
             for decoded in source.chunks():
                 encoder.put("audio", decoded.for_mux)
-                emit(windower.push(decoded.mono16k))
+                for frame in animator.push(decoded.mono16k):
+                    encoder.put("video", frame)
+                    frames += 1
                 if progress:
-                    progress(windower.total_samples / windower.sample_rate, source.duration_s)
-            emit(windower.finish())
+                    progress(animator.motion.pushed_s, source.duration_s)
+            for frame in animator.finish():
+                encoder.put("video", frame)
+                frames += 1
         finally:
             encoder.close()
-    duration = windower.total_samples / windower.sample_rate
+    duration = animator.motion.pushed_s
     if progress:
         progress(duration, duration)
-    return RenderStats(frames=frames, duration_s=duration, analysis_s=t_analysis, motion_s=motion_s,
-                       render_s=render_s, encode_wait_s=encoder.wait_s, wall_s=time.perf_counter() - t0)
+    stats = animator.stats
+    return RenderStats(frames=frames, duration_s=duration, analysis_s=t_analysis, motion_s=stats.motion_s,
+                       render_s=stats.render_s, encode_wait_s=encoder.wait_s, wall_s=time.perf_counter() - t0)
 
 
 def warm_kernels() -> float:
@@ -200,21 +165,22 @@ def warm_kernels() -> float:
     The kernels are cached on disk (``cache=True``), so running this at install time spares a
     user's first render the 2-3 s of JIT compilation. It analyses the bundled default portrait
     (which also fills the portrait cache that ``emote serve`` and ``make demo`` use), generates a
-    second of motion from a tone and renders two frames.
+    second of motion from a tone with every registered generator and renders it.
     """
     import numpy as np
+
     from emote.model.assets import default_portrait_path
 
     t0 = time.perf_counter()
-    framed, renderer = prepare_portrait(default_portrait_path())
-    generator = make_generator("baseline")
-    state = generator.initial_state(framed.rest, 0)
-    windower = AudioWindower(fps=25.0, window_frames=WINDOW_FRAMES, context_ms=generator.context_ms,
-                             lookahead_ms=generator.lookahead_ms)
+    renderer = make_renderer()
+    prepared = prepare_portrait(default_portrait_path(), renderer=renderer)
     t = np.arange(16000) / 16000.0
     tone = (0.3 * np.sin(2 * np.pi * 180.0 * t) * (t > 0.3)).astype(np.float32)
-    for window in windower.push(tone) + windower.finish():
-        chunk, state = generator.generate(window, state)
-        for i in range(min(2, len(chunk))):
-            renderer.render(chunk.pose[i], chunk.coeffs[i])
+    for name in generator_names():
+        animator = Animator(make_generator(name), renderer.session(prepared), prepared.framed.rest, fps=25.0,
+                            merge_frames=MERGE_FRAMES)
+        for _ in animator.push(tone):
+            pass
+        for _ in animator.finish():
+            pass
     return time.perf_counter() - t0

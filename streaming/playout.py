@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
 from emote.streaming.clock import Clock
 
 AUDIO_CHUNK_S = 0.02

@@ -3,7 +3,7 @@
 An :class:`AvatarSession` owns the live pipeline of one call::
 
     push_speech (TTS, agent) ─┐
-    push_microphone ──────────┼─► 20 ms ticks ─► 16 kHz ─► AudioWindower ─► MotionGenerator ─► Renderer
+    push_microphone ──────────┼─► 20 ms ticks ─► 16 kHz ─► Animator (windows → motion → frames)
     (nothing: idle filler) ───┘   (48 kHz timeline)  (speech gate: mic only)                      │
                                                                                                    ▼
     tracks ◄── Playout (video + the ticks' 48 kHz audio, on one clock) ◄── FrameEntry queue ◄─────┘
@@ -47,14 +47,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from emote.model.motion.interface import MotionGenerator
+from emote.model.render.interface import FrameRenderer
+from emote.streaming.animator import Animator
 from emote.streaming.clock import Clock, MonotonicClock
 from emote.streaming.playout import AudioOut, FrameEntry, Playout, SessionClosed, TickInfo, VideoOut
 from emote.streaming.resample import StreamResampler, to_int16
 from emote.streaming.session_inputs import RATE, InputQueues, Segment, SpeechCleared
 from emote.streaming.session_stats import LatencyStats, SessionStats
 from emote.streaming.speech_gate import SpeechGate
-from emote.streaming.windower import AudioWindower
 
 __all__ = [
     "AudioOut", "AvatarSession", "PlaybackFinished", "PlaybackStarted", "SessionClosed", "SessionConfig",
@@ -73,7 +75,6 @@ class SessionConfig:
     Attributes:
         fps: video frame rate.
         seed: random seed of the idle motion (blinks, gaze, head drift).
-        window_frames: frames per motion window (1: lowest latency).
         margin_ms: silence is filled in this long before a frame is due, leaving
             time to render it. Rendering takes ~5 ms, but on a machine kept ~90 %
             busy (two calls and other load) waiting for a core takes longer: there
@@ -88,7 +89,6 @@ class SessionConfig:
 
     fps: float = 25.0
     seed: int = 0
-    window_frames: int = 1
     margin_ms: float = 50.0
     max_video_s: float = 0.5
     catch_up_frames: int = 2
@@ -98,7 +98,7 @@ class SessionConfig:
 
     def __post_init__(self) -> None:
         checks = {
-            "fps": 1.0 <= self.fps <= 60.0, "window_frames": 1 <= self.window_frames <= 50,
+            "fps": 1.0 <= self.fps <= 60.0,
             "margin_ms": 0.0 <= self.margin_ms <= 500.0, "max_video_s": 0.1 <= self.max_video_s <= 10.0,
             "catch_up_frames": self.catch_up_frames >= 1, "max_speech_s": 1.0 <= self.max_speech_s <= 3600.0,
             "max_mic_ms": 20.0 <= self.max_mic_ms <= 5000.0, "startup_delay_ms": 0.0 <= self.startup_delay_ms,
@@ -138,8 +138,8 @@ class AvatarSession:
     """The live pipeline of one avatar (see the module docstring).
 
     Args:
-        renderer: has ``render(pose, coeffs) -> (H, W, 3) uint8`` and ``size``.
-        generator: the motion generator.
+        renderer: this session's frame renderer (``render(pose, coeffs)`` and ``size``).
+        generator: the motion generator; its windows are cut as it declares (as offline).
         rest: (52,) the portrait's own expression coefficients.
         config: latency and queue settings.
         clock: the media clock (tests inject a virtual one).
@@ -150,8 +150,8 @@ class AvatarSession:
 
     def __init__(
         self,
-        renderer: Any,
-        generator: MotionGenerator,
+        renderer: FrameRenderer,
+        generator: MotionGenerator[Any],
         rest: np.ndarray,
         *,
         config: SessionConfig | None = None,
@@ -165,10 +165,7 @@ class AvatarSession:
         self.clock = clock or MonotonicClock()
         self.executor = executor
         self._gate = SpeechGate() if speech_gate is True else (speech_gate or None)
-        self._state = generator.initial_state(np.asarray(rest, np.float32), cfg.seed)
-        self._windower = AudioWindower(fps=cfg.fps, window_frames=cfg.window_frames,
-                                       context_ms=generator.context_ms, lookahead_ms=generator.lookahead_ms,
-                                       sample_rate=MODEL_RATE)
+        self._animator = Animator(generator, renderer, rest, fps=cfg.fps, seed=cfg.seed)
         self._down = StreamResampler(RATE, MODEL_RATE)
         rest_image = self._warm_up()
         self.playout = Playout(fps=cfg.fps, clock=self.clock, initial_image=rest_image, sample_rate=RATE,
@@ -191,19 +188,25 @@ class AvatarSession:
     def _warm_up(self) -> np.ndarray:
         """Run the generator and renderer once on silence, so the first live window does not pay for
         loading compiled kernels and miss its deadline; returns that idle frame, shown until the first
-        real one is ready (the generator's state is immutable: nothing carries over)."""
-        warm = AudioWindower(fps=self.config.fps, window_frames=1, context_ms=self.generator.context_ms,
-                             lookahead_ms=self.generator.lookahead_ms, sample_rate=MODEL_RATE)
-        window = warm.push(np.zeros(MODEL_RATE // 5, np.float32))[0]
-        chunk, _ = self.generator.generate(window, self._state)
+        real one is ready (a throwaway animator from the same start: the session's own is untouched)."""
+        cfg = self.config
+        warm = Animator(self.generator, self.renderer, self._animator.motion.rest, fps=cfg.fps, seed=cfg.seed)
+        silence = np.zeros(MODEL_RATE // 5, np.float32)
+        image = None
+        for frame in warm.push(silence):
+            image = np.array(frame, copy=True)
+            break
+        if image is None:  # a generator with windows longer than 200 ms: end the stream to get a frame
+            image = np.array(next(iter(warm.finish())), copy=True)
         if self._gate is not None:
             self._gate.warm_up()
-        return np.array(self.renderer.render(chunk.pose[0], chunk.coeffs[0]), copy=True)
+        return image
 
     @property
     def size(self) -> tuple[int, int]:
         """(width, height) of the video."""
-        return tuple(self.renderer.size)  # type: ignore[return-value]
+        width, height = self.renderer.size
+        return int(width), int(height)
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -349,15 +352,11 @@ class AvatarSession:
         """One tick through the model and renderer (runs in the executor)."""
         t = time.perf_counter()
         if zero_pending:
-            self._windower.silence_pending()
+            self._animator.silence()
         x16 = self._down.process(audio48)
         if self._gate is not None and is_mic:
             x16 = self._gate.process(x16)
-        images = []
-        for window in self._windower.push(x16):
-            chunk, self._state = self.generator.generate(window, self._state)
-            for i in range(len(chunk)):
-                images.append(np.array(self.renderer.render(chunk.pose[i], chunk.coeffs[i]), copy=True))
+        images = [np.array(frame, copy=True) for frame in self._animator.push(x16)]
         self._step_s += time.perf_counter() - t
         self._steps += 1
         return images

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from emote.streaming.clock import Clock
 from emote.streaming.playout import SessionClosed, TickInfo
 from emote.streaming.resample import StreamResampler, to_float32

@@ -3,8 +3,8 @@
 A microphone hears more than a voice: fans, keyboards, the room. The motion
 model would dutifully move the lips to all of it, so live microphone audio
 goes through this gate before it reaches the model. silero-vad (the small
-TorchScript model shipped inside the ``silero-vad`` package; no download)
-scores every 32 ms of 16 kHz audio; the gate opens when the speech
+TorchScript model shipped inside the ``silero-vad`` package, loaded by
+:mod:`emote.model.media.silero`) scores every 32 ms of 16 kHz audio; the gate opens when the speech
 probability reaches ``open_threshold`` and closes only after it has stayed
 below ``close_threshold`` for ``hangover_ms``, so short pauses inside a
 sentence keep their natural lip closures instead of snapping shut. Samples
@@ -15,12 +15,12 @@ core here), skipped for near-silent chunks. Each session owns one gate: the mode
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from emote.model.errors import DependencyError
+
+from emote.model.media.silero import load_silero_model
 
 SAMPLE_RATE = 16000
 CHUNK = 512  # samples per model call at 16 kHz (32 ms), what silero-vad expects
@@ -58,18 +58,8 @@ class GateConfig:
 
 
 def load_vad_model() -> Any:
-    """A fresh silero-vad model (TorchScript, from the installed package)."""
-    try:
-        import torch
-
-        threads = torch.get_num_threads()
-        import silero_vad
-    except ImportError as exc:  # pragma: no cover - both are core dependencies
-        raise DependencyError("the live speech gate needs torch and silero-vad; run `make install`") from exc
-    torch.set_num_threads(threads)  # importing silero_vad sets it to 1 for the whole process
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", r"`torch\.jit\.load` is deprecated", DeprecationWarning)
-        return silero_vad.load_silero_vad(onnx=False)
+    """A fresh silero-vad model for one gate (see :mod:`emote.model.media.silero`)."""
+    return load_silero_model()
 
 
 class SpeechGate:

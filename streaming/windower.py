@@ -13,6 +13,7 @@ memory stays bounded however long the stream runs.
 from __future__ import annotations
 
 import numpy as np
+
 from emote.model.motion.interface import AudioWindow, frame_start_sample
 
 

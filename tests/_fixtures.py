@@ -10,11 +10,13 @@ from __future__ import annotations
 import functools
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+
 from emote.model.motion.interface import MotionChunk, MotionGenerator
-from emote.streaming.windower import AudioWindower
+from emote.streaming.animator import MotionStream
 
 SAMPLE_RATE = 16000
 
@@ -59,28 +61,25 @@ def chunked(samples: np.ndarray, sizes: int | list[int]) -> list[np.ndarray]:
 
 
 def run_generator(
-    generator: MotionGenerator,
+    generator: MotionGenerator[Any],
     samples: np.ndarray,
     *,
     rest: np.ndarray,
     seed: int = 0,
     fps: float = 25.0,
-    window_frames: int = 25,
+    merge_frames: int | None = 25,
     chunk: int | list[int] = 1600,
 ) -> MotionChunk:
-    """Stream ``samples`` through an AudioWindower and ``generator`` exactly as the pipeline does."""
-    windower = AudioWindower(
-        fps=fps, window_frames=window_frames, context_ms=generator.context_ms, lookahead_ms=generator.lookahead_ms
-    )
-    state = generator.initial_state(rest, seed)
+    """Stream ``samples`` through a :class:`MotionStream` exactly as the pipeline does.
+
+    ``merge_frames`` as offline rendering (25) by default; ``None`` cuts the generator's own windows
+    (as live sessions do).
+    """
+    stream = MotionStream(generator, rest, fps=fps, seed=seed, merge_frames=merge_frames)
     chunks = []
     for piece in chunked(samples, chunk):
-        for window in windower.push(piece):
-            motion, state = generator.generate(window, state)
-            chunks.append(motion)
-    for window in windower.finish():
-        motion, state = generator.generate(window, state)
-        chunks.append(motion)
+        chunks += stream.push(piece)
+    chunks += stream.finish()
     return MotionChunk.concat(chunks)
 
 

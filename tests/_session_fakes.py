@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from emote.model.motion.interface import ARKIT_NAMES
 from emote.streaming.clock import VirtualClock
 from emote.streaming.playout import AudioOut, VideoOut

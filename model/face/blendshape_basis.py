@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from emote.model.motion.interface import ARKIT_NAMES, N_COEFFS
 
 N_LANDMARKS = 478

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
 from emote.model.errors import OptionError
 
 #: Face width (landmark span) as a share of the square crop's side.

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from emote.model.errors import NotAnImageError, OptionError, PortraitError
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+
+from emote.model.errors import NotAnImageError, OptionError, PortraitError
 
 DEFAULT_MAX_SIDE = 2048
 #: Smallest image side accepted; below this no face can be animated anyway.

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
+
 from emote.model.errors import DependencyError, FaceTooSmallError, MultipleFacesWarning, NoFaceError, OptionError
 from emote.model.face import image_io
 from emote.model.face.image_io import DEFAULT_MAX_SIDE, LoadedImage

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+
 from emote.model.errors import InputError
 from emote.model.face.landmarker import landmarker_task_path, quiet_native_logs
 from emote.model.motion.interface import COEFF_INDEX, N_COEFFS, coeffs_from_named

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+
 from emote.model.errors import AudioError, CorruptAudioError, EmptyAudioError
 
 TARGET_RATE = 16000

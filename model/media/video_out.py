@@ -22,6 +22,7 @@ from types import TracebackType
 import av
 import cv2
 import numpy as np
+
 from emote.model.errors import OptionError
 
 X264_PRESETS = (

@@ -5,24 +5,21 @@ a generated one should too), so it needs the voice-free stretches of the
 driving audio on the video's frame grid. This wraps silero-vad: the small
 model shipped inside the ``silero-vad`` package (TorchScript, no download)
 finds speech segments in 16 kHz mono audio, and a frame counts as speech
-when its time interval overlaps a segment. silero-vad and torch are
-optional; without them :func:`speech_segments` raises
-:class:`~model.errors.DependencyError` with the install command.
+when its time interval overlaps a segment. The model is loaded by
+:mod:`~emote.model.media.silero` (shared with the live speech gate).
 """
 
 from __future__ import annotations
 
 import functools
 import threading
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from emote.model.errors import DependencyError
 
-SAMPLE_RATE = 16000
-INSTALL_HINT = "run `make install` (it installs torch==2.13.0 and silero-vad==6.2.3)"
+from emote.model.media.silero import SAMPLE_RATE, load_silero_model, silero_module
+
 _LOCK = threading.Lock()  # the model keeps recurrent state: one caller at a time
 
 
@@ -42,27 +39,10 @@ class VoiceActivity:
     fps: float
 
 
-def _import_silero() -> Any:
-    """The silero_vad module, or a DependencyError that says how to install it."""
-    try:
-        import torch
-
-        threads = torch.get_num_threads()
-        import silero_vad
-    except ImportError as exc:
-        raise DependencyError(f"voice-activity detection needs silero-vad and torch; {INSTALL_HINT}") from exc
-    torch.set_num_threads(threads)  # importing silero_vad sets it to 1 for the whole process
-    return silero_vad
-
-
 @functools.lru_cache(maxsize=1)
 def _model() -> Any:
     """The TorchScript model bundled in the silero-vad package (loaded once)."""
-    silero = _import_silero()
-    with warnings.catch_warnings():
-        # torch 2.13 deprecates TorchScript loading; the bundled model is TorchScript, and still loads.
-        warnings.filterwarnings("ignore", r"`torch\.jit\.load` is deprecated", DeprecationWarning)
-        return silero.load_silero_vad(onnx=False)
+    return load_silero_model()
 
 
 def speech_segments(
@@ -90,7 +70,7 @@ def speech_segments(
     Raises:
         DependencyError: silero-vad or torch is not installed.
     """
-    silero = _import_silero()
+    silero = silero_module()
     import torch
 
     audio = torch.from_numpy(np.ascontiguousarray(samples_16k, np.float32).ravel())

@@ -4,9 +4,10 @@ A *motion frame* describes one video frame: the head pose relative to the
 portrait plus Apple ARKit's 52 expression coefficients (absolute values in
 [0, 1], the same scale MediaPipe's Face Landmarker measures on real video).
 Generators produce :class:`MotionChunk` objects window by window and carry an
-explicit, frozen state from one window to the next, so that the offline
-renderer and the streaming server drive the very same code and get the same
-frames. The renderer only ever sees motion; it never sees audio.
+explicit, frozen state from one window to the next; they declare their window
+size, so that the offline renderer and the streaming server cut the audio the
+same way, drive the very same code and get the same frames. The renderer only
+ever sees motion; it never sees audio.
 
 Conventions
     pose[:, 0:3]  yaw, pitch, roll in degrees *relative to the portrait*
@@ -22,7 +23,7 @@ Conventions
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -163,20 +164,47 @@ def frame_start_sample(frame: int, fps: float, sample_rate: int) -> int:
     return int(round(frame * sample_rate / fps))
 
 
-class MotionGenerator(Protocol):
+StateT = TypeVar("StateT")
+
+
+class MotionGenerator(Protocol[StateT]):
     """Audio → motion, one window at a time, with explicit carried state.
 
-    ``context_ms`` and ``lookahead_ms`` tell the windower how much audio before
-    the window's first frame and after its last frame each window must hold.
-    ``generate`` must be a pure function of (window, state): the same audio cut
-    into different windows gives the same motion frames.
+    A generator declares how the audio must be cut for it, and every caller (the offline
+    renderer, the live session, evaluation, benchmarks) cuts it exactly so, on the same frame
+    grid (:class:`~emote.streaming.animator.MotionStream` does it). The promise is therefore
+    that the same audio gives the same motion offline and live, however it arrives in chunks;
+    not that any cut into windows gives the same motion (a model conditioned on fixed windows
+    cannot keep that).
+
+    Attributes:
+        name: the name it is registered under (``--motion NAME``).
+        window_frames: video frames each window drives (the last window of a stream may be
+            shorter). Live latency grows with it: a window is complete only when its last
+            frame's audio (and the lookahead) has arrived.
+        overlap_frames: frames at the end of one window that the next is conditioned on
+            (a model's "motion frames"); they are carried in the state, and the windower gives
+            each window their audio as context too. 0 when the generator needs none.
+        context_ms: audio each window must hold before its first frame (at least the overlap).
+        lookahead_ms: audio each window must hold after its last frame.
+        cut_invariant: True when the motion does not depend on where windows are cut (the
+            analytic generators compute every frame from absolute sample positions). A caller
+            that already holds several windows' audio (offline rendering) may then generate them
+            as one longer window, which is cheaper, and still get exactly the live motion. A model
+            conditioned on fixed windows is False: every caller cuts ``window_frames``.
+
+    ``generate`` must be a pure function of (window, state): same inputs, same motion, and the
+    state is never changed in place (a caller may keep an old state and generate from it again).
     """
 
     name: str
+    window_frames: int
+    overlap_frames: int
     context_ms: float
     lookahead_ms: float
+    cut_invariant: bool
 
-    def initial_state(self, rest: np.ndarray, seed: int) -> Any:
+    def initial_state(self, rest: np.ndarray, seed: int) -> StateT:
         """State before the first window.
 
         Args:
@@ -185,6 +213,6 @@ class MotionGenerator(Protocol):
         """
         ...
 
-    def generate(self, window: AudioWindow, state: Any) -> tuple[MotionChunk, Any]:
+    def generate(self, window: AudioWindow, state: StateT) -> tuple[MotionChunk, StateT]:
         """Motion for ``window.n_frames`` frames, and the state to carry on."""
         ...

@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
+
 from emote.model.motion.interface import AudioWindow, MotionChunk
 
 
@@ -26,8 +27,11 @@ class StillGenerator:
     """A :class:`~model.motion.interface.MotionGenerator` whose every frame is the portrait at rest."""
 
     name = "still"
+    window_frames = 1
+    overlap_frames = 0
     context_ms = 0.0
     lookahead_ms = 0.0
+    cut_invariant = True
 
     def initial_state(self, rest: np.ndarray, seed: int) -> StillState:
         return StillState(rest=np.asarray(rest, np.float32).copy(), next_frame=0)

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
+
 from emote.evaluation import identity
 from emote.evaluation.identity import (
     FaceEmbedder,

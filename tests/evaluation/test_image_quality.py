@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
+
 from emote.evaluation import image_quality
 from emote.evaluation.image_quality import CROP_SIDE, BrisqueScorer, face_crop, video_brisque
 from emote.model.errors import DependencyError

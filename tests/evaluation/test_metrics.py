@@ -15,10 +15,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from emote.evaluation import metrics as em
 from emote.model.face.blendshape_basis import BlendshapeBasis
 from emote.model.face.tracks import FaceTracks
-
 from tests._fixtures import silence, speech_16k
 
 FPS = 25.0
@@ -211,6 +211,7 @@ def test_background_stability_ignores_the_person() -> None:
 def rendered_tracks() -> tuple[FaceTracks, FaceTracks, np.ndarray]:
     """A 4-s astronaut clip speaking between silences, its frozen twin, and its 16 kHz audio."""
     import skimage.data
+
     from emote.model.face.tracks import face_tracks, measure_frames, read_video_frames
     from emote.model.media.audio_io import write_wav
     from emote.streaming.offline import render_file

@@ -16,6 +16,7 @@ import av
 import cv2
 import numpy as np
 import pytest
+
 from emote.model.media.audio_io import write_wav
 from emote.server.cli import main as emote_main
 from emote.streaming.offline import render_file

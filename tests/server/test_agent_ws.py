@@ -20,14 +20,14 @@ from typing import Any
 import numpy as np
 import pytest
 import uvicorn
-from emote.server import tts
-from emote.server.app import create_app
-from emote.server.config import ServerConfig
-from emote.server.sessions import ManagedSession
 from starlette.applications import Starlette
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from emote.server import tts
+from emote.server.app import create_app
+from emote.server.config import ServerConfig
+from emote.server.sessions import ManagedSession
 from tests.server.test_server_http import Fakes, FakeSession, fake_app
 
 

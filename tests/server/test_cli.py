@@ -11,6 +11,7 @@ import av
 import cv2
 import numpy as np
 import pytest
+
 from emote.model.media.audio_io import write_wav
 from emote.server.cli import main as emote_main
 
@@ -98,7 +99,7 @@ def test_failure_mid_render_keeps_existing_output(files, tmp_path, monkeypatch, 
     from emote.model.render.meshwarp import renderer
 
     calls = {"n": 0}
-    real = renderer.Renderer.render
+    real = renderer.MeshWarpSession.render
 
     def failing(self, pose, coeffs):  # type: ignore[no-untyped-def]
         calls["n"] += 1
@@ -106,7 +107,7 @@ def test_failure_mid_render_keeps_existing_output(files, tmp_path, monkeypatch, 
             raise KeyboardInterrupt  # the user pressing Ctrl-C mid-render
         return real(self, pose, coeffs)
 
-    monkeypatch.setattr(renderer.Renderer, "render", failing)
+    monkeypatch.setattr(renderer.MeshWarpSession, "render", failing)
     code, err = _run(capsys, "render", str(files["face"]), str(files["speech"]), "-o", str(out))
     assert code == 130 and "interrupted" in err
     assert out.read_bytes() == b"previous render"

@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from emote.model.errors import NoFaceError, PortraitError
 from emote.model.face.portrait import cached_analysis_path
 from emote.server.face_check import FaceChecker

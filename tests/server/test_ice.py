@@ -14,10 +14,10 @@ import aioice.ice
 import pytest
 from aioice import Candidate, stun
 from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
-from emote.model.errors import OptionError
-from emote.server.ice import IceGuard, IcePolicy, ice_connections, rtc_configuration
 
 from bench.rtc_client import RtcClient
+from emote.model.errors import OptionError
+from emote.server.ice import IceGuard, IcePolicy, ice_connections, rtc_configuration
 
 OFFER = "\r\n".join(
     [

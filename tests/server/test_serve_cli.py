@@ -23,11 +23,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from emote.server import tts
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from bench.rtc_client import RtcClient
+from emote.server import tts
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 60.0
@@ -180,3 +180,16 @@ def test_lan_options_reach_the_ice_policy() -> None:
     for bad in (["--ice-remote-network", "the-lan"], ["--ice-address", "0.0.0.0"]):
         with pytest.raises(OptionError):
             serve_config(build_parser().parse_args(["serve", *bad]))
+
+
+def test_the_motion_option_chooses_every_sessions_generator(tmp_path: Path) -> None:
+    from emote.model.errors import OptionError
+    from emote.server.cli import build_parser, main, serve_config
+
+    assert serve_config(build_parser().parse_args(["serve"])).motion == "baseline"
+    assert serve_config(build_parser().parse_args(["serve", "--motion", "still"])).motion == "still"
+    with pytest.raises(OptionError, match=r"--motion 'wobble'.*baseline, still"):
+        serve_config(build_parser().parse_args(["serve", "--motion", "wobble"]))
+    # The same check guards emote eval before any video is touched.
+    assert main(["eval", str(tmp_path), "--motion", "baseline,wobble", "--out", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()

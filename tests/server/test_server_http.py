@@ -22,6 +22,10 @@ import httpx
 import numpy as np
 import pytest
 import pytest_asyncio
+from PIL import Image
+from starlette.applications import Starlette
+from starlette.routing import Route
+
 from emote.model.assets import default_portrait_path
 from emote.model.errors import OptionError, SignalingError
 from emote.server import tts
@@ -36,9 +40,6 @@ from emote.streaming.session import (
     SessionFailed,
     SessionStats,
 )
-from PIL import Image
-from starlette.applications import Starlette
-from starlette.routing import Route
 
 OFFER = {"sdp": "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n",
          "type": "offer"}
@@ -719,8 +720,11 @@ async def test_a_real_session_without_a_viewer_speaks_and_closes(tmp_path: Path)
 
 
 @pytest.mark.asyncio
-async def test_real_sessions_reuse_warm_speech_gates_and_the_framed_portrait(tmp_path: Path) -> None:
-    app = create_app(ServerConfig(data_dir=tmp_path / "data", max_sessions=2, size=128))
+async def test_real_sessions_reuse_warm_speech_gates_and_the_prepared_portrait(tmp_path: Path) -> None:
+    import torch
+
+    threads = torch.get_num_threads()
+    app = create_app(ServerConfig(data_dir=tmp_path / "data", max_sessions=2, size=128, motion="still"))
     manager = app.state.emote.manager
     pool = manager._gates
     assert manager.gates_ready is not None
@@ -730,15 +734,20 @@ async def test_real_sessions_reuse_warm_speech_gates_and_the_framed_portrait(tmp
     lease = manager._leases[first.session]
     gate = lease._gate
     assert gate is not None and len(pool._free) == 1
-    framed = first.session.renderer.portrait
-    assert not framed.image.flags.writeable  # shared between sessions: read-only
+    prepared = first.session.renderer.prepared
+    for array in (prepared.framed.image, prepared.layers.atlas, prepared.uv, prepared.deformer.basis_px):
+        assert not array.flags.writeable  # shared between sessions: read-only
     await manager.close_session(first.id)
     assert lease._gate is None and gate in pool._free and len(pool._free) == 2  # back, reset
     assert not lease.process(np.ones(512, np.float32)).any()  # a late step of the closed session: gate shut
     second = await manager.create_session()
     assert manager._leases[second.session]._gate in (gate, *pool._free)
-    assert second.session.renderer.portrait is framed  # the framing was not computed again
+    assert second.session.renderer.prepared is prepared  # the portrait was not prepared again
     assert second.session.renderer is not first.session.renderer  # each session renders on its own
+    assert second.session.generator.name == "still"  # emote serve --motion still
+    # torch runs one thread per call on the session workers (many tiny calls side by side), and only there.
+    assert await asyncio.get_running_loop().run_in_executor(manager._executor, torch.get_num_threads) == 1
+    assert torch.get_num_threads() == threads
     await app.state.emote.aclose()
     assert manager._leases == {} and len(pool._free) == 2
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from emote.model.errors import DependencyError, OptionError
 from emote.model.media.audio_io import load_audio_16k, write_wav
 from emote.server import tts

@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 from aiortc import MediaStreamTrack, RTCPeerConnection, VideoStreamTrack
 from aiortc.mediastreams import MediaStreamError
+
+from bench.rtc_client import AnswerFn, RtcClient
 from emote.model.errors import SignalingError
 from emote.model.motion.baseline.generator import BaselineGenerator
 from emote.model.motion.baseline.mouth_dynamics import MOUTH_CHANNELS
@@ -40,8 +42,6 @@ from emote.streaming.session import (
     VideoOut,
 )  # fmt: skip
 from emote.streaming.speech_gate import SpeechGate, load_vad_model
-
-from bench.rtc_client import AnswerFn, RtcClient
 from tests._fixtures import run_generator
 
 LIPS = [COEFF_INDEX[name] for name in (*MOUTH_CHANNELS, "mouthLowerDownLeft", "mouthLowerDownRight")]
@@ -499,9 +499,11 @@ async def test_vanished_caller_is_released_within_seconds() -> None:
 
 @pytest.mark.asyncio
 async def test_real_renderer_streams_the_bundled_portrait() -> None:
-    from emote.streaming.offline import prepare_portrait
+    from emote.model.render.registry import make_renderer, prepare_portrait
 
-    framed, renderer = prepare_portrait(PORTRAIT)
+    kind = make_renderer()
+    prepared = prepare_portrait(PORTRAIT, renderer=kind)
+    framed, renderer = prepared.framed, kind.session(prepared)
     samples, rate = speech("Good morning, nice to see you.")
     mouth = framed.landmarks[[13, 14, 61, 291], :2]
     (x0, y0), (x1, y1) = mouth.min(axis=0).astype(int) - 12, mouth.max(axis=0).astype(int) + 12
@@ -532,6 +534,7 @@ async def test_real_renderer_streams_the_bundled_portrait() -> None:
 
 def test_video_bitrate_is_capped_for_every_encoder() -> None:
     from aiortc.codecs import vpx
+
     from emote.server.video_codec import MAX_VIDEO_BITRATE, tune_video_encoding
 
     tune_video_encoding(MAX_VIDEO_BITRATE)
@@ -548,6 +551,7 @@ def test_vp8_encoder_is_tuned_and_its_video_decodes_faithfully(monkeypatch: pyte
     from aiortc.codecs import get_decoder, get_encoder, vpx
     from aiortc.jitterbuffer import JitterFrame
     from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
     from emote.server.video_codec import MAX_VIDEO_BITRATE, VP8_TUNING, AvatarVp8Encoder, tune_video_encoding
 
     opened: list[tuple[int, dict[str, str]]] = []  # (bit rate, options) of each libvpx context, before it opens

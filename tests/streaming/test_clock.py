@@ -12,6 +12,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 import pytest
+
 from emote.streaming.clock import Clock, MonotonicClock, VirtualClock
 
 

@@ -11,6 +11,7 @@ import av
 import cv2
 import numpy as np
 import pytest
+
 from emote.model.media.audio_io import write_wav
 
 pytestmark = pytest.mark.slow

@@ -16,6 +16,7 @@ import av
 import cv2
 import numpy as np
 import pytest
+
 from emote.model.face.framing import frame_portrait
 from emote.model.face.portrait import analyze_portrait
 from emote.model.face.tracks import FaceTracks, face_tracks, procrustes_residual

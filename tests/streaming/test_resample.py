@@ -11,8 +11,8 @@ import re
 
 import numpy as np
 import pytest
-from emote.streaming.resample import MAX_RATE, MIN_RATE, StreamResampler, to_float32, to_int16
 
+from emote.streaming.resample import MAX_RATE, MIN_RATE, StreamResampler, to_float32, to_int16
 from tests._fixtures import chunked
 
 RATE_PAIRS = [(22050, 48000), (48000, 16000), (44100, 48000), (16000, 48000), (24000, 16000), (8000, 192000)]

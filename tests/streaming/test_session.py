@@ -8,9 +8,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from emote.model.motion.baseline.generator import BaselineGenerator
 from emote.streaming.clock import VirtualClock
-from emote.streaming.offline import WINDOW_FRAMES
+from emote.streaming.offline import MERGE_FRAMES
 from emote.streaming.resample import StreamResampler
 from emote.streaming.session import (
     AvatarSession,
@@ -20,8 +21,7 @@ from emote.streaming.session import (
     SessionConfig,
     SessionEvent,
 )  # fmt: skip
-from emote.streaming.windower import AudioWindower
-
+from tests._fixtures import run_generator
 from tests._session_fakes import JAW, Driver, IndexRenderer, InlineExecutor, render_count
 
 FPS = 25.0
@@ -278,16 +278,9 @@ async def test_memory_stays_bounded_over_a_long_live_stream() -> None:
 @pytest.mark.asyncio
 async def test_streaming_motion_matches_offline_motion_for_the_same_audio() -> None:
     speech = bursts(3.0, hz=3.0, seed=3)
-    generator = BaselineGenerator()
     # Offline: the windows the file renderer uses.
-    windower = AudioWindower(fps=FPS, window_frames=WINDOW_FRAMES, context_ms=generator.context_ms,
-                             lookahead_ms=generator.lookahead_ms)
-    state = generator.initial_state(REST, 0)
-    offline = []
-    for window in windower.push(speech) + windower.finish():
-        chunk, state = generator.generate(window, state)
-        offline.append(chunk.coeffs[:, JAW])
-    offline_jaw = np.concatenate(offline)
+    offline_jaw = run_generator(BaselineGenerator(), speech, rest=REST, fps=FPS, merge_frames=MERGE_FRAMES,
+                                chunk=len(speech)).coeff("jawOpen")
     # Streaming: one-frame windows behind a 48 kHz timeline; the speech is queued before the clock starts.
     clock = VirtualClock()
     session = make_session(clock)
@@ -306,7 +299,6 @@ async def test_streaming_motion_matches_offline_motion_for_the_same_audio() -> N
 @pytest.mark.asyncio
 async def test_the_speech_gate_keeps_lips_still_in_microphone_noise_and_lets_speech_through() -> None:
     from emote.streaming.speech_gate import SpeechGate
-
     from tests._fixtures import silence, speech_16k
 
     rng = np.random.default_rng(1)

@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+
 from emote.streaming.session_stats import LatencyStats, SessionStats
 
 

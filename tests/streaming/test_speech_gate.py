@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from emote.streaming.resample import StreamResampler
 from emote.streaming.speech_gate import CHUNK, SAMPLE_RATE, GateConfig, SpeechGate, load_vad_model
 

@@ -11,9 +11,9 @@ import math
 
 import numpy as np
 import pytest
+
 from emote.model.motion.interface import AudioWindow, frame_start_sample
 from emote.streaming.windower import AudioWindower
-
 from tests._fixtures import chunked
 
 SR = 16000

@@ -119,9 +119,9 @@ def speech_wav(path: Path) -> Path:
 def mouth_box(size: int = 512) -> list[int]:
     """The default portrait's mouth and jaw in video pixels, from its face landmarks as the server frames it."""
     from emote.model.assets import default_portrait_path
-    from emote.streaming.offline import prepare_portrait
+    from emote.model.render.registry import prepare_portrait
 
-    framed, _ = prepare_portrait(default_portrait_path(), size=size, face_index=0)
+    framed = prepare_portrait(default_portrait_path(), size=size, face_index=0).framed
     lips = framed.landmarks[[61, 291, 0, 17, 13, 14], :2]  # corners, outer top and bottom, inner top and bottom
     width = float(lips[:, 0].max() - lips[:, 0].min())
     x0, x1 = lips[:, 0].min() - 0.2 * width, lips[:, 0].max() + 0.2 * width

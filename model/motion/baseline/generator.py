@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
 from emote.model.motion.baseline.audio_features import HOP, SAMPLE_RATE, hop_features
 from emote.model.motion.baseline.mouth_dynamics import MOUTH_CHANNELS, MouthFilter, mouth_targets
 from emote.model.motion.interface import COEFF_INDEX, AudioWindow, MotionChunk, neutral_pose
@@ -102,8 +103,13 @@ class BaselineGenerator:
     """Analytic audio → motion generator (see the module docstring)."""
 
     name = "baseline"
+    #: One frame per window: live, a frame's motion is ready as soon as its audio and the lookahead
+    #: have arrived. Offline rendering merges windows (the output does not depend on the cut).
+    window_frames = 1
+    overlap_frames = 0
     context_ms = 20.0
     lookahead_ms = 1000.0 * LEAD_S + 25.0 + 10.0
+    cut_invariant = True
 
     def initial_state(self, rest: np.ndarray, seed: int) -> BaselineState:
         rest = np.asarray(rest, np.float32).copy()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
+
 from emote.model.motion.baseline.audio_features import HopFeatures
 
 #: Coefficients the mouth drives, as additions to the closed-mouth pose.

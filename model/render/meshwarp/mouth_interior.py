@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
 from emote.model.render.meshwarp.mesh import (
     CHIN,
     INNER_LIPS,

@@ -15,6 +15,8 @@ compiled with numba because it runs once per video frame on the hot path.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numba
 import numpy as np
 
@@ -158,28 +160,53 @@ def _draw(
     return n_drawn
 
 
-class Rasterizer:
-    """Draws layered textured meshes into frames of one fixed size.
+@dataclass(frozen=True)
+class RasterLayers:
+    """What every frame of one portrait is drawn from (read-only, shared by its rasterisers).
 
-    Args:
-        atlas: (Ha, Wa, 4) uint8 RGBA texture atlas; alpha is the person matte.
+    Attributes:
+        atlas: (Ha, Wa) uint32 RGBA texture atlas, one texel per element (R in the low byte,
+            the person matte in the high one).
         original: (H, W, 3) uint8 the portrait; pixels no triangle moves keep it.
         background: (H, W, 3) uint8 the picture with the person filled in.
-        static: (H, W) bool pixels that always keep the photo (scenery far
-            from the person, which no motion can reach); None = none.
+        static: (H, W) bool pixels that always keep the photo (scenery far from the person,
+            which no motion can reach).
     """
 
-    def __init__(
-        self, atlas: np.ndarray, original: np.ndarray, background: np.ndarray, static: np.ndarray | None = None
-    ) -> None:
+    atlas: np.ndarray
+    original: np.ndarray
+    background: np.ndarray
+    static: np.ndarray
+
+    @classmethod
+    def build(
+        cls, atlas: np.ndarray, original: np.ndarray, background: np.ndarray, static: np.ndarray | None = None
+    ) -> RasterLayers:
+        """Layers from an (Ha, Wa, 4) uint8 RGBA atlas, the portrait, its background fill and static mask."""
         rgba = np.ascontiguousarray(atlas, dtype=np.uint8)
         # One 32-bit load per texel (little-endian: R in the low byte, matte alpha in the high one).
-        self.atlas = rgba.view("<u4").reshape(rgba.shape[:2])
-        self.original = np.ascontiguousarray(original)
-        self.background = np.ascontiguousarray(background)
-        self.static = np.zeros(original.shape[:2], np.bool_) if static is None else np.ascontiguousarray(static)
-        self.frame = self.original.copy()
-        self._drawn = np.zeros(original.shape[:2], np.bool_)
+        layers = cls(
+            atlas=rgba.view("<u4").reshape(rgba.shape[:2]),
+            original=np.ascontiguousarray(original),
+            background=np.ascontiguousarray(background),
+            static=np.zeros(original.shape[:2], np.bool_) if static is None else np.ascontiguousarray(static),
+        )
+        for array in (layers.atlas, layers.original, layers.background, layers.static):
+            array.setflags(write=False)
+        return layers
+
+
+class Rasterizer:
+    """Draws layered textured meshes into frames of one fixed size (one caller; buffers of its own).
+
+    Args:
+        layers: the portrait's atlas, picture, background fill and static mask (shared, read-only).
+    """
+
+    def __init__(self, layers: RasterLayers) -> None:
+        self.layers = layers
+        self.frame = layers.original.copy()
+        self._drawn = np.zeros(layers.original.shape[:2], np.bool_)
         self._dirty: tuple[int, int, int, int] | None = None
 
     def draw(
@@ -201,7 +228,7 @@ class Rasterizer:
         """
         if self._dirty is not None:
             x0, y0, x1, y1 = self._dirty
-            self.frame[y0:y1, x0:x1] = self.original[y0:y1, x0:x1]
+            self.frame[y0:y1, x0:x1] = self.layers.original[y0:y1, x0:x1]
             self._drawn[y0:y1, x0:x1] = False
         xy32 = np.ascontiguousarray(xy, dtype=np.float32)
         _draw(
@@ -209,9 +236,9 @@ class Rasterizer:
             np.ascontiguousarray(uv, dtype=np.float32),
             np.ascontiguousarray(shade, dtype=np.float32),
             np.ascontiguousarray(tris, dtype=np.int32),
-            self.atlas,
-            self.background,
-            self.static,
+            self.layers.atlas,
+            self.layers.background,
+            self.layers.static,
             self.frame,
             self._drawn,
             len(tris) if bottom is None else int(bottom),

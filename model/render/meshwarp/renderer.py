@@ -1,22 +1,27 @@
 """The mesh-warp renderer: portrait + one motion frame → one video frame.
 
-Per portrait (once): frame it, paint the mouth interior textures, stack them
-with the photo and its person matte into one RGBA atlas, fill in the
-background behind the person, and build the meshes (face skin with holes,
-eye patches, rings around the face). Per frame: deform the landmarks by the
-expression (the learned blendshape basis), add gaze, build the mouth
-interior, turn the head in 3-D about a pivot behind the face, rasterise all
-layers into one backward map, sample the atlas with a single ``cv2.remap``,
-and composite over the pinned background. A frame whose motion equals the
-portrait's own expression reproduces the portrait exactly.
+Per portrait (once, :meth:`MeshWarpRenderer.prepare`): paint the mouth interior
+textures, stack them with the photo and its person matte into one RGBA atlas,
+fill in the background behind the person, build the meshes (face skin with
+holes, eye patches, rings around the face) and the expression deformer (the
+learned blendshape basis aligned to this face). The result, a
+:class:`MeshWarpPortrait`, is immutable and shared by every session on that
+portrait. Per frame (:class:`MeshWarpSession`): deform the landmarks by the
+expression, add gaze, build the mouth interior, turn the head in 3-D about a
+pivot behind the face, rasterise all layers and composite over the pinned
+background. A frame whose motion equals the portrait's own expression
+reproduces the portrait exactly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from emote.model.face.blendshape_basis import BlendshapeBasis, PortraitDeformer
 from emote.model.face.framing import FramedPortrait
 from emote.model.motion.interface import COEFF_INDEX, N_COEFFS
 from emote.model.render.meshwarp.mesh import (
@@ -37,7 +42,7 @@ from emote.model.render.meshwarp.mesh import (
     skin_triangles,
 )
 from emote.model.render.meshwarp.mouth_interior import MouthRig, paint_mouth_textures
-from emote.model.render.meshwarp.raster import Rasterizer, by_layer
+from emote.model.render.meshwarp.raster import Rasterizer, RasterLayers, by_layer
 
 #: Callable mapping a (52,) coefficient change to (478, 3) deformed landmarks.
 Deformer = Callable[[np.ndarray], np.ndarray]
@@ -116,95 +121,132 @@ def _eye_patch(rest: np.ndarray, loop: np.ndarray, iris: np.ndarray) -> tuple[np
     return pts, tris, iris_idx
 
 
-class Renderer:
-    """Renders frames of one portrait.
+def _closure(rest: np.ndarray, coeffs: np.ndarray, ci: int) -> float:
+    """How far a lid is shut beyond the photo's own lid (0 as in the photo .. 1 shut)."""
+    rest_c = float(rest[ci])
+    return float(np.clip((coeffs[ci] - rest_c) / max(1.0 - rest_c, 1e-3), 0.0, 1.0)) ** 0.8
 
-    Args:
-        portrait: the framed portrait (output pixels).
-        deformer: maps a (52,) change of coefficients (relative to the
-            portrait's own) to the (478, 3) deformed landmarks; ``None``
-            keeps the expression of the photo (head pose and gaze still move).
+
+def _frozen(*arrays: np.ndarray) -> None:
+    for array in arrays:
+        array.setflags(write=False)
+
+
+@dataclass(frozen=True, eq=False)
+class MeshWarpPortrait:
+    """Everything the mesh warp needs of one portrait at one size; read-only, shared by sessions.
+
+    Vertex blocks, in order: landmarks | surround rings | mouth interior | right eye | left eye.
+    Everything but the positions (and a few shades and the lids' texture coordinates) is fixed
+    per portrait.
     """
 
-    def __init__(self, portrait: FramedPortrait, deformer: Deformer | None = None) -> None:
-        self.portrait = portrait
-        self.deformer = deformer
+    framed: FramedPortrait
+    deformer: Deformer | None
+    rest: np.ndarray  # (478, 3) landmarks in output pixels
+    layers: RasterLayers
+    mouth: MouthRig
+    face_width: float
+    pivot: np.ndarray  # (3,) the head turns about this point, behind the face above the neck
+    eyes: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]  # per eye: points, triangles, iris index
+    eye_width: tuple[float, float]
+    uv: np.ndarray  # (V, 2) atlas coordinates of every vertex
+    weight: np.ndarray  # (V, 1) how much each vertex follows the head
+    xyz: np.ndarray  # (V, 3) resting vertex positions
+    tris: np.ndarray  # (T, 3) triangles in drawing order
+    bottom: int  # first triangle of the lowest layer
+    mouth_slice: slice
+    eye_slices: tuple[slice, slice]
+    iris: tuple[np.ndarray, np.ndarray]
+    lids: tuple[tuple[np.ndarray, np.ndarray, np.ndarray, int], ...]  # upper, lower, fold, coefficient
+    lid_skin: tuple[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], ...]  # lid, fold, their skin sources
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the frames."""
+        return self.framed.size
+
+    @classmethod
+    def build(cls, portrait: FramedPortrait, deformer: Deformer | None) -> MeshWarpPortrait:
+        """Prepare ``portrait`` (~50-90 ms at 512x512); ``deformer`` as in :class:`MeshWarpRenderer`."""
         rest = portrait.landmarks.astype(np.float32)
-        self.rest = rest
         w, h = portrait.size
-        self.textures = paint_mouth_textures(portrait.image, rest, w)
+        textures = paint_mouth_textures(portrait.image, rest, w)
         # Snap the matte's near-certain values: the rasteriser composites only where the person's
         # opacity is partial, and a matte that is 0.99 all over would send every pixel that way.
         matte = np.where(portrait.matte > 0.97, 1.0, np.where(portrait.matte < 0.03, 0.0, portrait.matte))
         matte_u8 = np.round(matte * 255).astype(np.uint8)
-        atlas = np.concatenate([np.dstack([portrait.image, matte_u8]), self.textures.strip])
-        self.background = fill_background(portrait.image, portrait.matte)
+        atlas = np.concatenate([np.dstack([portrait.image, matte_u8]), textures.strip])
         oval = rest[FACE_OVAL]
-        self.face_width = float(np.ptp(oval[:, 0]))
+        face_width = float(np.ptp(oval[:, 0]))
         # Scenery further from the person than any head motion can reach never changes.
-        reach = int(0.3 * self.face_width) | 1
+        reach = int(0.3 * face_width) | 1
         disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (reach, reach))
         near = cv2.dilate((portrait.matte > 0.02).astype(np.uint8), disc)
-        self.raster = Rasterizer(atlas, portrait.image, self.background, static=near == 0)
-        self.mouth = MouthRig(rest, self.textures, float(h))
+        layers = RasterLayers.build(atlas, portrait.image, fill_background(portrait.image, portrait.matte),
+                                    static=near == 0)
+        mouth = MouthRig(rest, textures, float(h))
         surround = build_surround(rest, (w, h))
         face_h = float(np.ptp(oval[:, 1]))
         centre = oval.mean(axis=0)
-        # The head turns about a point behind the face, roughly above the neck.
-        self.pivot = np.array([centre[0], centre[1] + 0.15 * face_h, centre[2] + 0.65 * self.face_width], np.float32)
-        self.eyes = [_eye_patch(rest, RIGHT_EYE, RIGHT_IRIS), _eye_patch(rest, LEFT_EYE, LEFT_IRIS)]
-        self.eye_width = [float(np.ptp(rest[RIGHT_EYE, 0])), float(np.ptp(rest[LEFT_EYE, 0]))]
-        # Vertex blocks: landmarks | surround rings | mouth interior | right eye | left eye.
-        # Everything but the positions (and a few shades) is fixed per portrait.
-        n_face, n_ring, n_mouth = len(rest), len(surround.points), len(self.mouth.uv)
+        pivot = np.array([centre[0], centre[1] + 0.15 * face_h, centre[2] + 0.65 * face_width], np.float32)
+        eyes = (_eye_patch(rest, RIGHT_EYE, RIGHT_IRIS), _eye_patch(rest, LEFT_EYE, LEFT_IRIS))
+        n_face, n_ring, n_mouth = len(rest), len(surround.points), len(mouth.uv)
         o_mouth = n_face + n_ring
         o_eye = o_mouth + n_mouth
-        eye_offsets = [o_eye, o_eye + len(self.eyes[0][0])]
-        self._uv = np.concatenate([rest[:, :2], surround.points[:, :2], self.mouth.uv]
-                                  + [pts[:, :2] for pts, _, _ in self.eyes]).astype(np.float32)
-        self._weight = np.concatenate([np.ones(n_face), surround.head_weight, np.ones(n_mouth)]
-                                      + [np.ones(len(pts)) for pts, _, _ in self.eyes]).astype(np.float32)[:, None]
+        eye_offsets = [o_eye, o_eye + len(eyes[0][0])]
+        uv = np.concatenate([rest[:, :2], surround.points[:, :2], mouth.uv]
+                            + [pts[:, :2] for pts, _, _ in eyes]).astype(np.float32)
+        weight = np.concatenate([np.ones(n_face), surround.head_weight, np.ones(n_mouth)]
+                                + [np.ones(len(pts)) for pts, _, _ in eyes]).astype(np.float32)[:, None]
         skin = skin_triangles()
-        tris = [surround.triangles, skin, self.mouth.tris + o_mouth]
-        layers = [np.full(len(surround.triangles), LAYER_SURROUND), np.full(len(skin), LAYER_SKIN), self.mouth.layer]
-        for (_, etris, _), off in zip(self.eyes, eye_offsets, strict=True):
+        tris = [surround.triangles, skin, mouth.tris + o_mouth]
+        layer_of = [np.full(len(surround.triangles), LAYER_SURROUND), np.full(len(skin), LAYER_SKIN), mouth.layer]
+        for (_, etris, _), off in zip(eyes, eye_offsets, strict=True):
             tris.append(etris + off)
-            layers.append(np.full(len(etris), LAYER_EYES))
-        all_layers = np.concatenate(layers)
-        self._tris = by_layer(np.concatenate(tris), all_layers)
-        self._bottom = int(np.sum(all_layers > LAYER_SURROUND))  # the surround sorts last
-        self._mouth_slice = slice(o_mouth, o_eye)
-        self._iris = [off + iris for (_, _, iris), off in zip(self.eyes, eye_offsets, strict=True)]
-        self._eye_slices = [slice(off, off + len(pts)) for (pts, _, _), off in zip(self.eyes, eye_offsets, strict=True)]
-        self._xyz = np.concatenate([rest, surround.points, np.zeros((n_mouth, 3), np.float32)]
-                                   + [pts for pts, _, _ in self.eyes]).astype(np.float32)
-        self._shade = np.ones(len(self._xyz), np.float32)
-        self._lids = [(RIGHT_UPPER_LID, RIGHT_LOWER_LID, RIGHT_LID_FOLD, _C["eyeBlinkRight"]),
-                      (LEFT_UPPER_LID, LEFT_LOWER_LID, LEFT_LID_FOLD, _C["eyeBlinkLeft"])]
+            layer_of.append(np.full(len(etris), LAYER_EYES))
+        all_layers = np.concatenate(layer_of)
+        xyz = np.concatenate([rest, surround.points, np.zeros((n_mouth, 3), np.float32)]
+                             + [pts for pts, _, _ in eyes]).astype(np.float32)
         # Where a shut lid takes its skin from: the band between the lid fold and the brow,
         # clear of lashes and crease shadow (a stretched lash line would smear over the eye).
-        self._lid_skin = []
+        lid_skin = []
         for upper, fold, brow in ((RIGHT_UPPER_LID, RIGHT_LID_FOLD, RIGHT_BROW_SKIN),
                                   (LEFT_UPPER_LID, LEFT_LID_FOLD, LEFT_BROW_SKIN)):
             up = rest[brow, :2] - rest[fold, :2]
-            self._lid_skin.append((upper, fold, rest[fold, :2] + 0.2 * up, rest[fold, :2] + 0.55 * up))
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """(width, height) of the frames :meth:`render` returns."""
-        return self.portrait.size
+            lid_skin.append((np.asarray(upper), np.asarray(fold), rest[fold, :2] + 0.2 * up,
+                             rest[fold, :2] + 0.55 * up))
+        prepared = cls(
+            framed=portrait, deformer=deformer, rest=rest, layers=layers, mouth=mouth, face_width=face_width,
+            pivot=pivot, eyes=eyes, eye_width=(float(np.ptp(rest[RIGHT_EYE, 0])), float(np.ptp(rest[LEFT_EYE, 0]))),
+            uv=uv, weight=weight, xyz=xyz, tris=by_layer(np.concatenate(tris), all_layers),
+            bottom=int(np.sum(all_layers > LAYER_SURROUND)),  # the surround sorts last
+            mouth_slice=slice(o_mouth, o_eye),
+            eye_slices=tuple(slice(off, off + len(pts)) for (pts, _, _), off in zip(eyes, eye_offsets, strict=True)),
+            iris=tuple(off + iris for (_, _, iris), off in zip(eyes, eye_offsets, strict=True)),
+            lids=((np.asarray(RIGHT_UPPER_LID), np.asarray(RIGHT_LOWER_LID), np.asarray(RIGHT_LID_FOLD),
+                   _C["eyeBlinkRight"]),
+                  (np.asarray(LEFT_UPPER_LID), np.asarray(LEFT_LOWER_LID), np.asarray(LEFT_LID_FOLD),
+                   _C["eyeBlinkLeft"])),
+            lid_skin=tuple(lid_skin),
+        )  # fmt: skip
+        _frozen(portrait.image, portrait.matte, portrait.landmarks, portrait.rest, rest, pivot, uv, weight, xyz,
+                prepared.tris, *(a for eye in eyes for a in eye), *(a for skin in lid_skin for a in skin))
+        if isinstance(deformer, PortraitDeformer):
+            _frozen(deformer.landmarks, deformer.basis_px)
+        return prepared
 
     def deformed_landmarks(self, coeffs: np.ndarray) -> np.ndarray:
-        """(478, 3) landmarks with this frame's expression, in the portrait's head pose."""
+        """(478, 3) landmarks with this frame's expression, in the portrait's head pose (a new array)."""
         coeffs = np.asarray(coeffs, np.float32)
-        delta = coeffs - self.portrait.rest
+        delta = coeffs - self.framed.rest
         if self.deformer is None or not np.any(delta):
             return self.rest.copy()
-        face = np.asarray(self.deformer(delta), np.float32)
-        for upper, lower, fold, ci in self._lids:
+        face = np.array(self.deformer(delta), np.float32)
+        for upper, lower, fold, ci in self.lids:
             # The learned basis under-closes the lids (the tracker it was fitted on
             # does); a blink must shut the eye, so the lid edge is placed explicitly.
-            closure = self._closure(coeffs, ci)
+            closure = _closure(self.framed.rest, coeffs, ci)
             if closure <= 0.0:
                 continue
             gap = face[lower] - face[upper]
@@ -214,10 +256,52 @@ class Renderer:
             face[fold] += 0.35 * extra
         return face
 
-    def _closure(self, coeffs: np.ndarray, ci: int) -> float:
-        """How far a lid is shut beyond the photo's own lid (0 as in the photo .. 1 shut)."""
-        rest_c = float(self.portrait.rest[ci])
-        return float(np.clip((coeffs[ci] - rest_c) / max(1.0 - rest_c, 1e-3), 0.0, 1.0)) ** 0.8
+
+class MeshWarpRenderer:
+    """The mesh-warp :class:`~emote.model.render.interface.Renderer` (the ``meshwarp`` renderer).
+
+    Args:
+        basis: the expression model that moves the landmarks; ``None`` loads the shipped
+            blendshape basis on first use. ``expression=False`` keeps the photo's expression
+            (head pose and gaze still move).
+    """
+
+    name = "meshwarp"
+
+    def __init__(self, basis: BlendshapeBasis | None = None, *, expression: bool = True) -> None:
+        self._basis = basis
+        self.expression = expression
+
+    def prepare(self, portrait: FramedPortrait) -> MeshWarpPortrait:
+        deformer = None
+        if self.expression:
+            if self._basis is None:
+                self._basis = BlendshapeBasis.load()
+            deformer = self._basis.portrait(portrait.landmarks)
+        return MeshWarpPortrait.build(portrait, deformer)
+
+    def session(self, prepared: MeshWarpPortrait) -> MeshWarpSession:
+        return MeshWarpSession(prepared)
+
+
+class MeshWarpSession:
+    """Draws frames of one prepared portrait for one caller: the per-frame buffers live here."""
+
+    def __init__(self, prepared: MeshWarpPortrait) -> None:
+        self.prepared = prepared
+        self.raster = Rasterizer(prepared.layers)
+        self._xyz = prepared.xyz.copy()
+        self._uv = prepared.uv.copy()
+        self._shade = np.ones(len(prepared.xyz), np.float32)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the frames :meth:`render` returns."""
+        return self.prepared.size
+
+    def deformed_landmarks(self, coeffs: np.ndarray) -> np.ndarray:
+        """(478, 3) landmarks with this frame's expression, in the portrait's head pose."""
+        return self.prepared.deformed_landmarks(coeffs)
 
     def _gaze_shift(self, delta: np.ndarray, eye: int) -> np.ndarray:
         side = ("Right", "Left")[eye]
@@ -225,7 +309,7 @@ class Renderer:
         # The subject's right eye looks "out" towards the viewer's left.
         dx = (look_in - look_out) if eye == 0 else (look_out - look_in)
         dy = delta[_C["eyeLookDown" + side]] - delta[_C["eyeLookUp" + side]]
-        return np.array([0.22 * dx, 0.12 * dy, 0.0], np.float32) * self.eye_width[eye]
+        return np.array([0.22 * dx, 0.12 * dy, 0.0], np.float32) * self.prepared.eye_width[eye]
 
     def render(self, pose: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
         """One frame.
@@ -240,24 +324,24 @@ class Renderer:
         coeffs = np.asarray(coeffs, np.float32)
         if coeffs.shape != (N_COEFFS,):
             raise ValueError(f"coeffs must be ({N_COEFFS},), got {coeffs.shape}")
-        delta = coeffs - self.portrait.rest
-        xyz, shade = self._xyz, self._shade
-        face = self.deformed_landmarks(coeffs)
+        p = self.prepared
+        delta = coeffs - p.framed.rest
+        xyz, shade, uv = self._xyz, self._shade, self._uv
+        face = p.deformed_landmarks(coeffs)
         xyz[: len(face)] = face
-        xyz[self._mouth_slice], shade[self._mouth_slice] = self.mouth.place(face)
-        for eye, (pts, _, _) in enumerate(self.eyes):
-            xyz[self._eye_slices[eye]] = pts
-            xyz[self._iris[eye]] += self._gaze_shift(delta, eye)
-        uv = self._uv
-        for (lid, fold, edge_src, fold_src), (_, _, _, ci) in zip(self._lid_skin, self._lids, strict=True):
-            closure = self._closure(coeffs, ci)
-            uv[lid] = self.rest[lid, :2] + closure * (edge_src - self.rest[lid, :2])
-            uv[fold] = self.rest[fold, :2] + closure * (fold_src - self.rest[fold, :2])
+        xyz[p.mouth_slice], shade[p.mouth_slice] = p.mouth.place(face)
+        for eye, (pts, _, _) in enumerate(p.eyes):
+            xyz[p.eye_slices[eye]] = pts
+            xyz[p.iris[eye]] += self._gaze_shift(delta, eye)
+        for (lid, fold, edge_src, fold_src), (_, _, _, ci) in zip(p.lid_skin, p.lids, strict=True):
+            closure = _closure(p.framed.rest, coeffs, ci)
+            uv[lid] = p.rest[lid, :2] + closure * (edge_src - p.rest[lid, :2])
+            uv[fold] = p.rest[fold, :2] + closure * (fold_src - p.rest[fold, :2])
             shade[lid] = 1.0 - 0.3 * closure  # a little shadow along the lash line
         yaw, pitch, roll, tx, ty, scale = (float(v) for v in pose)
         rot = rotation_matrix(yaw, pitch, roll) * scale
-        moved = (xyz - self.pivot) @ rot.T + self.pivot
-        moved[:, 0] += tx * self.face_width
-        moved[:, 1] += ty * self.face_width
-        xy = xyz[:, :2] + self._weight * (moved[:, :2] - xyz[:, :2])
-        return self.raster.draw(xy, uv, shade, self._tris, self._bottom)
+        moved = (xyz - p.pivot) @ rot.T + p.pivot
+        moved[:, 0] += tx * p.face_width
+        moved[:, 1] += ty * p.face_width
+        xy = xyz[:, :2] + p.weight * (moved[:, :2] - xyz[:, :2])
+        return self.raster.draw(xy, uv, shade, p.tris, p.bottom)

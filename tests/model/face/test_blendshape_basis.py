@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.spatial.transform import Rotation
+
 from emote.model.face.blendshape_basis import DEFAULT_PATH, BlendshapeBasis, align_sequence
 from emote.model.motion.interface import ARKIT_NAMES, COEFF_INDEX, N_COEFFS
-from scipy.spatial.transform import Rotation
 
 SHARED_DATA = Path(__file__).resolve().parents[4] / "shared" / "data"
 
@@ -208,7 +209,6 @@ def test_basis_explains_real_mouth_motion(basis: BlendshapeBasis) -> None:
     pytest.importorskip("mediapipe")
     from emote.model.errors import DependencyError
     from emote.model.face.landmarker import landmarker_task_path
-
     from scripts.fit_blendshape_basis import MAX_YAW_DEG, measure_video
 
     try:

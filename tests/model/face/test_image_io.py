@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from emote.model.errors import NotAnImageError, OptionError, PortraitError
 from emote.model.face.image_io import (
     BACKGROUND_RGB,
@@ -20,7 +22,6 @@ from emote.model.face.image_io import (
     load_portrait_image,
     portrait_from_array,
 )
-from PIL import Image
 
 skimage_data = pytest.importorskip("skimage.data")
 

@@ -17,6 +17,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from matplotlib import cbook
+from PIL import Image
+
 from emote.model.errors import (
     DependencyError,
     FaceTooSmallError,
@@ -28,8 +31,6 @@ from emote.model.errors import (
 from emote.model.face import landmarker, portrait
 from emote.model.face.portrait import PortraitAnalysis, analyze_portrait, pose_angles
 from emote.model.motion.interface import COEFF_INDEX
-from matplotlib import cbook
-from PIL import Image
 
 skimage_data = pytest.importorskip("skimage.data")
 

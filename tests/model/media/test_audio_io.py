@@ -11,6 +11,7 @@ import av
 import cv2
 import numpy as np
 import pytest
+
 from emote.model.errors import AudioError, CorruptAudioError, EmptyAudioError
 from emote.model.media.audio_io import TARGET_RATE, AudioSource, _Converter, load_audio_16k, open_audio, write_wav
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+
 from emote.model.errors import OptionError
 from emote.model.media.audio_io import open_audio, write_wav
 from emote.model.media.video_out import Mp4Writer, as_fraction

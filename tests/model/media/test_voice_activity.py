@@ -6,9 +6,9 @@ import sys
 
 import numpy as np
 import pytest
+
 from emote.model.errors import DependencyError
 from emote.model.media import voice_activity as vad
-
 from tests._fixtures import silence, speech_16k
 
 FPS = 25.0

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.signal import lfilter
+
 from emote.model.motion.baseline.audio_features import (
     HALF_WIN,
     HOP,
@@ -17,7 +19,6 @@ from emote.model.motion.baseline.audio_features import (
     hop_features,
     hop_frames,
 )
-from scipy.signal import lfilter
 
 SR = SAMPLE_RATE
 FIRST_HOP, N_HOPS = 3, 150  # hops 3..152 lie wholly inside a 2 s signal that starts at sample 0

@@ -11,11 +11,11 @@ import dataclasses
 
 import numpy as np
 import pytest
+
 from emote.model.motion.baseline.generator import MAX_ANGLE_DEG, BaselineGenerator
 from emote.model.motion.baseline.mouth_dynamics import MOUTH_CHANNELS
 from emote.model.motion.interface import COEFF_INDEX, N_COEFFS, MotionChunk
 from emote.streaming.windower import AudioWindower
-
 from tests._fixtures import SAMPLE_RATE, frame_rms, run_generator, silence, speech_16k
 
 FPS = 25.0
@@ -101,7 +101,7 @@ def test_different_seed_changes_head_motion_but_not_the_lips(generator: Baseline
 
 
 @pytest.mark.parametrize(
-    ("fps", "window_frames", "chunk"),
+    ("fps", "merge_frames", "chunk"),
     [
         (25.0, 1, 160),
         (25.0, 7, 441),
@@ -112,17 +112,17 @@ def test_different_seed_changes_head_motion_but_not_the_lips(generator: Baseline
     ],
 )
 def test_motion_does_not_depend_on_windowing(
-    generator: BaselineGenerator, fps: float, window_frames: int, chunk: int | list[int]
+    generator: BaselineGenerator, fps: float, merge_frames: int, chunk: int | list[int]
 ) -> None:
     """Core contract: the same audio cut into any windows and pushed in any chunks gives identical frames."""
     clip = _short_clip()
-    reference = run_generator(generator, clip, rest=REST, seed=3, fps=fps, window_frames=1000, chunk=len(clip))
+    reference = run_generator(generator, clip, rest=REST, seed=3, fps=fps, merge_frames=1000, chunk=len(clip))
     # The clip must exercise every piece of carried state: speech, a blink and a saccade.
     assert reference.coeff("jawOpen").max() > 0.2
     assert reference.coeff("eyeBlinkLeft").max() > 0.8
     gaze = reference.coeff("eyeLookOutLeft") + reference.coeff("eyeLookInLeft") + reference.coeff("eyeLookUpLeft")
     assert np.ptp(gaze) > 0.05
-    cut = run_generator(generator, clip, rest=REST, seed=3, fps=fps, window_frames=window_frames, chunk=chunk)
+    cut = run_generator(generator, clip, rest=REST, seed=3, fps=fps, merge_frames=merge_frames, chunk=chunk)
     _assert_same(cut, reference)
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from emote.model.render.meshwarp.raster import Rasterizer, by_layer
+
+from emote.model.render.meshwarp.raster import Rasterizer, RasterLayers, by_layer
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -55,7 +56,7 @@ def ones(n: int) -> np.ndarray:
 def test_identity_mesh_leaves_the_frame_bit_identical(photo: np.ndarray) -> None:
     # The atlas differs from the photo everywhere: any pixel sampled from it would show.
     atlas = rgba(255 - photo)
-    raster = Rasterizer(atlas, photo, flat(RED))
+    raster = Rasterizer(RasterLayers.build(atlas, photo, flat(RED)))
     uv, tris, _ = grid(0, 0, SIZE - 1, SIZE - 1, 12)
     frame = raster.draw(uv, uv, ones(len(uv)), tris)
     np.testing.assert_array_equal(frame, photo)
@@ -71,9 +72,9 @@ def test_each_frame_is_independent_of_the_frames_before(photo: np.ndarray) -> No
         (uv + np.float32([-4.0, 7.5]), uv, tris),
         (small + np.float32([-3.0, 2.0]), small, small_tris),  # a smaller mesh elsewhere
     ]
-    raster = Rasterizer(rgba(photo), photo, flat(RED))
+    raster = Rasterizer(RasterLayers.build(rgba(photo), photo, flat(RED)))
     for k, (xy, src, t) in enumerate(frames):
-        fresh = Rasterizer(rgba(photo), photo, flat(RED)).draw(xy, src, ones(len(src)), t)
+        fresh = Rasterizer(RasterLayers.build(rgba(photo), photo, flat(RED))).draw(xy, src, ones(len(src)), t)
         np.testing.assert_array_equal(raster.draw(xy, src, ones(len(src)), t), fresh, f"frame {k}")
     np.testing.assert_array_equal(raster.frame[:140, :140], photo[:140, :140])
     assert np.abs(fresh.astype(int) - photo).max() > 50  # the frames really moved
@@ -81,7 +82,7 @@ def test_each_frame_is_independent_of_the_frames_before(photo: np.ndarray) -> No
 
 @pytest.mark.parametrize(("dx", "dy"), [(7, -4), (3, 5), (-6, 2), (0, 11)])
 def test_translated_mesh_shifts_the_picture(photo: np.ndarray, dx: int, dy: int) -> None:
-    raster = Rasterizer(rgba(photo), photo, flat(RED))
+    raster = Rasterizer(RasterLayers.build(rgba(photo), photo, flat(RED)))
     uv, tris, _ = grid(20, 20, 235, 235, 10)
     frame = raster.draw(uv + np.float32([dx, dy]), uv, ones(len(uv)), tris)
     expected = np.roll(photo, (dy, dx), axis=(0, 1))
@@ -96,7 +97,7 @@ def test_translated_mesh_shifts_the_picture(photo: np.ndarray, dx: int, dy: int)
 
 
 def test_subpixel_translation_samples_bilinearly(photo: np.ndarray) -> None:
-    raster = Rasterizer(rgba(photo), photo, flat(RED))
+    raster = Rasterizer(RasterLayers.build(rgba(photo), photo, flat(RED)))
     uv, tris, _ = grid(10, 10, 245, 245, 9)
     dx, dy = 2.5, -1.25
     frame = raster.draw(uv + np.float32([dx, dy]), uv, ones(len(uv)), tris)
@@ -119,7 +120,7 @@ def test_overlapping_triangles_show_the_higher_layer(layers: tuple[int, int], wi
     # Atlas: red on the left half, blue on the right; the photo and background are black.
     atlas = rgba(np.concatenate([flat(RED)[:, :128], flat(BLUE)[:, 128:]], axis=1))
     black = flat(np.zeros(3, np.uint8))
-    raster = Rasterizer(atlas, black, black)
+    raster = Rasterizer(RasterLayers.build(atlas, black, black))
     # Two triangles drawn over the same place (the centre), one sampling red, one sampling blue.
     shape = np.float32([[100, 90], [170, 110], [120, 170]])
     xy = np.concatenate([shape, shape])
@@ -156,7 +157,7 @@ def _warp(pts: np.ndarray, seed: int) -> np.ndarray:
 def test_warped_grid_has_no_cracks(seed: int) -> None:
     """Triangles that share edges cover every pixel inside the mesh outline: no pixel falls between them."""
     atlas = rgba(flat(GREEN))  # anything drawn is green
-    raster = Rasterizer(atlas, flat(BLUE), flat(RED))
+    raster = Rasterizer(RasterLayers.build(atlas, flat(BLUE), flat(RED)))
     uv, tris, boundary = grid(40.0, 40.0, 210.0, 210.0, 37)  # vertex spacing 4.6 px, off the pixel grid
     xy = _warp(uv, seed)
     frame = raster.draw(xy, uv, ones(len(uv)), tris)
@@ -178,7 +179,7 @@ def test_warped_grid_has_no_cracks(seed: int) -> None:
 
 def test_integer_grid_edges_through_pixel_centres_have_no_cracks() -> None:
     """The classic crack case: shared edges pass exactly through pixel centres."""
-    raster = Rasterizer(rgba(flat(GREEN)), flat(BLUE), flat(RED))
+    raster = Rasterizer(RasterLayers.build(rgba(flat(GREEN)), flat(BLUE), flat(RED)))
     uv, tris, _ = grid(32.0, 32.0, 224.0, 224.0, 24)  # 8 px cells, diagonals through pixel centres
     frame = raster.draw(uv + np.float32([3.0, 2.0]), uv, ones(len(uv)), tris)
     np.testing.assert_array_equal(frame[34:227, 35:228], flat(GREEN)[34:227, 35:228])
@@ -186,7 +187,7 @@ def test_integer_grid_edges_through_pixel_centres_have_no_cracks() -> None:
 
 @pytest.mark.parametrize("factor", [0.5, 0.8, 1.3])
 def test_shade_multiplies_brightness(photo: np.ndarray, factor: float) -> None:
-    raster = Rasterizer(rgba(photo), photo, flat(RED))
+    raster = Rasterizer(RasterLayers.build(rgba(photo), photo, flat(RED)))
     uv, tris, _ = grid(0, 0, SIZE - 1, SIZE - 1, 8)
     frame = raster.draw(uv, uv, np.full(len(uv), factor, np.float32), tris)
     expected = np.clip(np.round(photo * factor), 0, 255)
@@ -199,7 +200,7 @@ def test_shade_multiplies_brightness(photo: np.ndarray, factor: float) -> None:
 
 def test_shade_is_interpolated_across_a_triangle(photo: np.ndarray) -> None:
     grey = flat(np.array([200, 200, 200], np.uint8))
-    raster = Rasterizer(rgba(grey), grey, flat(RED))
+    raster = Rasterizer(RasterLayers.build(rgba(grey), grey, flat(RED)))
     uv, tris, _ = grid(0, 0, SIZE - 1, SIZE - 1, 1)  # two triangles over the whole frame
     shade = np.float32([0.25, 0.75, 0.25, 0.75])  # left edge dark, right edge brighter
     frame = raster.draw(uv, uv, shade, tris)
@@ -213,7 +214,7 @@ def test_matte_composites_over_the_background() -> None:
     alpha = np.full((SIZE, SIZE), 255, np.uint8)
     alpha[:, :100] = 0  # not the person: the background shows
     alpha[:, 100:140] = 128  # the matte's soft edge: half and half
-    raster = Rasterizer(rgba(atlas_rgb, alpha), flat(BLUE), flat(RED))
+    raster = Rasterizer(RasterLayers.build(rgba(atlas_rgb, alpha), flat(BLUE), flat(RED)))
     uv, tris, _ = grid(0, 0, SIZE - 1, SIZE - 1, 8)
     frame = raster.draw(uv + np.float32([0.0, 3.0]), uv, ones(len(uv)), tris)  # moved: composited
     rows = slice(10, 250)
@@ -226,7 +227,7 @@ def test_matte_composites_over_the_background() -> None:
 def test_static_pixels_keep_the_photo(photo: np.ndarray) -> None:
     static = np.zeros((SIZE, SIZE), bool)
     static[:, :64] = True
-    raster = Rasterizer(rgba(255 - photo), photo, flat(RED), static=static)
+    raster = Rasterizer(RasterLayers.build(rgba(255 - photo), photo, flat(RED), static=static))
     uv, tris, _ = grid(0, 0, SIZE - 1, SIZE - 1, 8)
     frame = raster.draw(uv + np.float32([5.0, 5.0]), uv, ones(len(uv)), tris)
     np.testing.assert_array_equal(frame[:, :64], photo[:, :64])
@@ -234,7 +235,7 @@ def test_static_pixels_keep_the_photo(photo: np.ndarray) -> None:
 
 
 def test_degenerate_and_off_frame_triangles() -> None:
-    raster = Rasterizer(rgba(flat(GREEN)), flat(BLUE), flat(RED))
+    raster = Rasterizer(RasterLayers.build(rgba(flat(GREEN)), flat(BLUE), flat(RED)))
     xy = np.float32([[10, 10], [50, 50], [90, 90], [-40, -30], [300, 20], [100, 400]])
     uv = xy.copy() + 2.0  # moved by 2 px so drawn pixels show the atlas
     uv = np.clip(uv, 0, SIZE - 1)

@@ -14,13 +14,14 @@ import itertools
 import cv2
 import numpy as np
 import pytest
+
 from emote.model.face.blendshape_basis import DEFAULT_PATH as BASIS_PATH
 from emote.model.face.blendshape_basis import BlendshapeBasis
 from emote.model.face.framing import FramedPortrait, frame_portrait
 from emote.model.face.portrait import PortraitAnalysis, analyze_portrait
 from emote.model.motion.interface import COEFF_INDEX, neutral_pose
 from emote.model.render.meshwarp.mesh import FACE_OVAL, LEFT_EYE, LEFT_IRIS, RIGHT_EYE, RIGHT_IRIS
-from emote.model.render.meshwarp.renderer import Deformer, Renderer
+from emote.model.render.meshwarp.renderer import MeshWarpRenderer, MeshWarpSession
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -43,23 +44,23 @@ def framed(analysis: PortraitAnalysis) -> FramedPortrait:
     return frame_portrait(analysis.image, analysis.matte, analysis.landmarks, analysis.coeffs, size=512)
 
 
-def _deformer(framed: FramedPortrait) -> Deformer | None:
-    return BlendshapeBasis.load().portrait(framed.landmarks) if BASIS_PATH.exists() else None
+def _session(framed: FramedPortrait, *, expression: bool = True) -> MeshWarpSession:
+    kind = MeshWarpRenderer(BlendshapeBasis.load() if expression else None, expression=expression)
+    return kind.session(kind.prepare(framed))
 
 
 @pytest.fixture(scope="session")
-def pose_renderer(framed: FramedPortrait) -> Renderer:
+def pose_renderer(framed: FramedPortrait) -> MeshWarpSession:
     """Head pose needs no expression model: the portrait's own expression is kept."""
-    return Renderer(framed, None)
+    return _session(framed, expression=False)
 
 
 @pytest.fixture(scope="session")
-def renderer(framed: FramedPortrait) -> Renderer:
+def renderer(framed: FramedPortrait) -> MeshWarpSession:
     """With the learned blendshape basis: expressions move the landmarks."""
-    deformer = _deformer(framed)
-    if deformer is None:
+    if not BASIS_PATH.exists():
         pytest.skip(f"{BASIS_PATH} is missing: expression tests need the blendshape basis")
-    return Renderer(framed, deformer)
+    return _session(framed)
 
 
 @pytest.fixture(scope="session")
@@ -96,7 +97,7 @@ def with_coeffs(rest: np.ndarray, **values: float) -> np.ndarray:
 def test_rest_motion_reproduces_the_portrait_exactly(
     framed: FramedPortrait, request: pytest.FixtureRequest, which: str
 ) -> None:
-    r: Renderer = request.getfixturevalue(which)
+    r: MeshWarpSession = request.getfixturevalue(which)
     frame = r.render(pose(), framed.rest)
     assert frame.shape == framed.image.shape and frame.dtype == np.uint8
     np.testing.assert_array_equal(frame, framed.image)
@@ -107,7 +108,7 @@ def test_rest_motion_reproduces_the_portrait_exactly(
 
 @pytest.mark.parametrize("yaw", [5.0, -5.0])
 def test_yaw_turns_the_nose_towards_the_viewers_side(
-    framed: FramedPortrait, pose_renderer: Renderer, detected_rest: np.ndarray, face_width: float, yaw: float
+    framed: FramedPortrait, pose_renderer: MeshWarpSession, detected_rest: np.ndarray, face_width: float, yaw: float
 ) -> None:
     frame = pose_renderer.render(pose(yaw=yaw), framed.rest).copy()
     moved = detect(frame) - detected_rest
@@ -138,7 +139,7 @@ def test_scenery_far_from_the_person_never_changes(analysis: PortraitAnalysis, f
     noise = np.random.default_rng(1).integers(0, 256, framed.image.shape, dtype=np.uint8)
     scenery = (framed.matte < 0.01)[..., None]
     framed = dataclasses.replace(framed, image=np.where(scenery, noise // 2 + framed.image // 2, framed.image))
-    renderer = Renderer(framed, _deformer(framed))
+    renderer = _session(framed)
     face_width = float(np.ptp(framed.landmarks[FACE_OVAL, 0]))
     person = framed.matte >= 0.01
     distance = cv2.distanceTransform((~person).astype(np.uint8), cv2.DIST_L2, 5)
@@ -155,7 +156,7 @@ def test_scenery_far_from_the_person_never_changes(analysis: PortraitAnalysis, f
 
 
 def test_jaw_open_parts_the_lips(
-    framed: FramedPortrait, renderer: Renderer, detected_rest: np.ndarray, face_width: float
+    framed: FramedPortrait, renderer: MeshWarpSession, detected_rest: np.ndarray, face_width: float
 ) -> None:
     rest_jaw = float(framed.rest[COEFF_INDEX["jawOpen"]])
     frame = renderer.render(pose(), with_coeffs(framed.rest, jawOpen=rest_jaw + 0.3)).copy()
@@ -187,7 +188,7 @@ def _luma(image: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
-def blink_frame(framed: FramedPortrait, renderer: Renderer) -> np.ndarray:
+def blink_frame(framed: FramedPortrait, renderer: MeshWarpSession) -> np.ndarray:
     return renderer.render(pose(), with_coeffs(framed.rest, eyeBlinkLeft=1.0, eyeBlinkRight=1.0)).copy()
 
 
@@ -233,7 +234,7 @@ def test_blink_covers_the_eye_with_skin_without_smearing_it(
 
 @pytest.mark.parametrize("eye", ["right", "left"])
 def test_a_lowered_lid_covers_the_eye_instead_of_squashing_it(
-    framed: FramedPortrait, renderer: Renderer, eye: str
+    framed: FramedPortrait, renderer: MeshWarpSession, eye: str
 ) -> None:
     """At eyeBlink 0.3 the lid comes ~45 % of the way down; the lower part of the eye is the photo's own."""
     upper, lower, loop, _ = EYES[eye]
