@@ -242,9 +242,9 @@ def head_pose_curves(landmarks_seq: np.ndarray) -> np.ndarray:
     """Head yaw, pitch and roll per frame from face landmarks.
 
     Each frame's rigid landmarks are fitted to the shipped canonical face
-    (:meth:`BlendshapeBasis.align`); the angles follow :meth:`Similarity.yaw_pitch_roll`
-    (yaw > 0 turns the face to the viewer's left, pitch > 0 lifts the chin, roll > 0
-    tilts it clockwise on screen).
+    (:meth:`BlendshapeBasis.align`); the angles are those of the motion representation
+    (:mod:`emote.model.face.pose`: yaw > 0 turns the face to the viewer's right, pitch > 0
+    tips the chin down, roll > 0 tilts it clockwise on screen).
 
     landmarks_seq: (T, 478, 3) pixel-space landmarks (``FaceTracks.landmarks``) -> (T, 3) float64
     yaw, pitch, roll in degrees, NaN rows where the frame has no face.
@@ -254,7 +254,7 @@ def head_pose_curves(landmarks_seq: np.ndarray) -> np.ndarray:
     basis = _basis()
     for t, frame in enumerate(lm):
         if np.isfinite(frame).all():
-            out[t] = basis.align(frame).yaw_pitch_roll()
+            out[t] = basis.align(frame).angles()
     return out
 
 

@@ -35,7 +35,7 @@ MODEL_ALLOWED = {
 #: Libraries that belong to the serving side only.
 SERVING_ONLY = {"asyncio", "aiortc", "aiohttp", "websockets", "uvloop", "starlette", "uvicorn"}
 #: Folders of Python code that are not installed but import the project (tools, tests).
-TOOLS = ("bench", "scripts", "tests")
+TOOLS = ("bench", "tests")
 
 
 def _modules(path: Path) -> set[str]:
@@ -90,7 +90,7 @@ def test_model_has_no_event_loop_or_web_code() -> None:
 
 
 def test_tools_do_not_import_tests() -> None:
-    for path in _python_files("bench", "scripts"):
+    for path in _python_files("bench"):
         bad = {m for m in _modules(path) if m.split(".")[0] == "tests"}
         assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}: tests depend on tools, not back"
 

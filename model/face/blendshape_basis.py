@@ -3,7 +3,7 @@
 The renderer warps a single portrait with a triangle mesh on MediaPipe's 478
 face landmarks, but motion arrives as ARKit's 52 blendshape coefficients. This
 module holds the model that connects the two: a linear basis ``B`` (52, 478, 3)
-learned from real talking videos by ``scripts/fit_blendshape_basis.py`` that
+learned from real talking videos by :mod:`~emote.model.face.basis_fit` that
 says how every landmark moves, in a canonical head frame, when one coefficient
 changes by 1. :class:`BlendshapeBasis` loads the shipped weights
 (``model/weights/blendshape_basis.npz``, see ``MODEL_CARD.md`` there);
@@ -30,73 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
+from emote.model.face.pose import Similarity, fit_similarity
 from emote.model.motion.interface import ARKIT_NAMES, N_COEFFS
 
 N_LANDMARKS = 478
 NOSE_BRIDGE, EYE_OUTER_RIGHT, EYE_OUTER_LEFT = 168, 33, 263  # subject's right/left eye
 DEFAULT_PATH = Path(__file__).resolve().parents[1] / "weights" / "blendshape_basis.npz"
-
-
-@dataclass(frozen=True)
-class Similarity:
-    """A 3-D similarity transform ``y = scale * rotation @ x + translation``.
-
-    Attributes:
-        scale: positive scalar.
-        rotation: (3, 3) proper rotation (det = +1).
-        translation: (3,) offset.
-    """
-
-    scale: float
-    rotation: np.ndarray
-    translation: np.ndarray
-
-    def apply(self, points: np.ndarray) -> np.ndarray:
-        """Map points forward. points: (..., 3) -> (..., 3)."""
-        return self.scale * points @ self.rotation.T + self.translation
-
-    def apply_inverse(self, points: np.ndarray) -> np.ndarray:
-        """Map points backward. points: (..., 3) -> (..., 3)."""
-        return (points - self.translation) @ self.rotation / self.scale
-
-    def yaw_pitch_roll(self) -> tuple[float, float, float]:
-        """Euler angles in degrees of ``rotation`` (R = Ry(yaw) Rx(pitch) Rz(roll)).
-
-        With canonical faces mapped into the y-down pixel frame: yaw > 0 turns the
-        face towards the viewer's left, pitch > 0 lifts the chin, roll > 0 tilts the
-        face clockwise on screen.
-        """
-        r = self.rotation
-        pitch = np.degrees(np.arcsin(np.clip(-r[1, 2], -1.0, 1.0)))
-        yaw = np.degrees(np.arctan2(r[0, 2], r[2, 2]))
-        roll = np.degrees(np.arctan2(r[1, 0], r[1, 1]))
-        return float(yaw), float(pitch), float(roll)
-
-
-def fit_similarity(src: np.ndarray, dst: np.ndarray) -> Similarity:
-    """Least-squares similarity (Umeyama 1991) with ``dst ≈ s R src + t``.
-
-    Args:
-        src: (N, 3) source points, N >= 3 and not collinear.
-        dst: (N, 3) corresponding destination points.
-
-    Returns:
-        The :class:`Similarity` minimising ``sum ||s R src_i + t - dst_i||^2``
-        over proper rotations R.
-    """
-    src = np.asarray(src, np.float64)
-    dst = np.asarray(dst, np.float64)
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    a, b = src - mu_s, dst - mu_d
-    cov = b.T @ a / len(src)
-    u, sv, vt = np.linalg.svd(cov)
-    d = np.ones(3)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        d[2] = -1.0
-    rot = (u * d) @ vt
-    var_s = (a**2).sum() / len(src)
-    scale = float((sv * d).sum() / var_s)
-    return Similarity(scale, rot, mu_d - scale * rot @ mu_s)
 
 
 def normalise_shape(shape: np.ndarray) -> np.ndarray:
@@ -124,7 +63,7 @@ def align_sequence(landmarks: np.ndarray, template: np.ndarray, rigid_idx: np.nd
 
     Returns:
         canonical (T, 478, 3) float64 shapes, and pose (T, 4): yaw, pitch, roll in
-        degrees (see :meth:`Similarity.yaw_pitch_roll`) and the RMS distance of the
+        degrees (:mod:`emote.model.face.pose`'s convention) and the RMS distance of the
         aligned rigid landmarks from the template's, in canonical units.
     """
     out = np.empty(landmarks.shape, np.float64)
@@ -133,7 +72,7 @@ def align_sequence(landmarks: np.ndarray, template: np.ndarray, rigid_idx: np.nd
         sim = fit_similarity(template[rigid_idx], lm[rigid_idx])
         out[t] = sim.apply_inverse(lm)
         rms = np.sqrt(((out[t, rigid_idx] - template[rigid_idx]) ** 2).sum(1).mean())
-        pose[t] = (*sim.yaw_pitch_roll(), rms)
+        pose[t] = (*sim.angles(), rms)
     return out, pose
 
 
@@ -169,7 +108,7 @@ class BlendshapeBasis:
         """Load a basis file; ``None`` loads the one shipped with the package.
 
         Args:
-            path: an ``.npz`` written by ``scripts/fit_blendshape_basis.py``.
+            path: an ``.npz`` written by :mod:`~emote.model.face.basis_fit`.
         """
         with np.load(DEFAULT_PATH if path is None else Path(path), allow_pickle=False) as z:
             names = tuple(str(n) for n in z["names"])

@@ -32,6 +32,7 @@ from emote.model.errors import DependencyError, FaceTooSmallError, MultipleFaces
 from emote.model.face import image_io
 from emote.model.face.image_io import DEFAULT_MAX_SIDE, LoadedImage
 from emote.model.face.landmarker import landmarker_task_path, quiet_native_logs
+from emote.model.face.pose import pose_angles
 from emote.model.motion.interface import N_COEFFS, coeffs_from_named
 
 #: Bump whenever a change here alters analysis results; it is part of the cache key.
@@ -60,7 +61,7 @@ class PortraitAnalysis:
             z in the same pixel scale as x, negative towards the viewer.
         coeffs: (52,) float32 ARKit blendshape weights in ``motion.ARKIT_NAMES`` order.
         transform: (4, 4) float32 facial transformation matrix, face model -> camera (x right, y up, z to viewer).
-        yaw_pitch_roll: (3,) float32 degrees, conventions of :func:`pose_angles`.
+        yaw_pitch_roll: (3,) float32 degrees (:func:`~emote.model.face.pose.pose_angles` of ``transform``).
         matte: (H, W) float32 person probability in [0, 1].
         face_box: (x0, y0, x1, y1) integer pixel bounds of the landmarks, clipped to ``image``.
         n_faces: how many faces were found.
@@ -143,29 +144,6 @@ def analyze_portrait(
     return result
 
 
-def pose_angles(transform: np.ndarray) -> np.ndarray:
-    """Yaw, pitch and roll in degrees from a facial transformation matrix.
-
-    The conventions are :mod:`model.motion.interface`'s: yaw > 0 turns the face to the viewer's right, pitch > 0
-    tips the chin down, roll > 0 tilts the head clockwise on screen. The rotation is decomposed as yaw
-    about the camera's vertical axis, then pitch about the horizontal one, then roll about the face's
-    own forward axis; a frontal face measured by MediaPipe typically reads a pitch of +5 to +15.
-
-    Args:
-        transform: (4, 4) or (3, 3) with the rotation upper left; camera x right, y up, z to the viewer.
-
-    Returns:
-        (3,) float32 [yaw, pitch, roll].
-    """
-    r = np.asarray(transform, np.float64)[:3, :3]
-    r = r / np.linalg.norm(r, axis=0, keepdims=True)
-    # Column 2 is the face's forward axis seen from the camera, column 1 its up axis.
-    yaw = np.arctan2(r[0, 2], r[2, 2])
-    pitch = np.arcsin(np.clip(-r[1, 2], -1.0, 1.0))
-    roll = -np.arctan2(r[1, 0], r[1, 1])
-    return np.degrees([yaw, pitch, roll]).astype(np.float32)
-
-
 def default_cache_dir() -> Path:
     """``$EMOTE_CACHE_DIR``, or ``~/.cache/emote/portraits``."""
     return Path(os.environ.get("EMOTE_CACHE_DIR") or Path.home() / ".cache" / "emote" / "portraits")
@@ -210,7 +188,9 @@ def _analyze(loaded: LoadedImage, name: str, index: int, source_id: str) -> Port
             raise FaceTooSmallError(f"{name}: the face is only {width} pixels wide ({hint})")
         matte = _person_matte(rgb, loaded.alpha, faces)
     angles = pose_angles(face.transform)
-    return PortraitAnalysis(rgb, *face, angles, matte, box, len(faces), index, source_id)
+    return PortraitAnalysis(image=rgb, landmarks=face.landmarks, coeffs=face.coeffs, transform=face.transform,
+                            yaw_pitch_roll=angles, matte=matte, face_box=box, n_faces=len(faces), face_index=index,
+                            source_id=source_id)
 
 
 def _find_faces(rgb: np.ndarray) -> list[_Face]:
@@ -337,7 +317,8 @@ def _cache_path(source_id: str, kind: str, index: int, max_side: int, cache_dir:
     return Path(cache_dir or default_cache_dir()) / f"{hashlib.sha256(key.encode()).hexdigest()[:40]}.npz"
 
 
-_CACHED_ARRAYS = {"landmarks": (N_LANDMARKS, 3), "coeffs": (N_COEFFS,), "transform": (4, 4), "yaw_pitch_roll": (3,)}
+#: The arrays a cache file holds, with their shapes (the pose angles are recomputed from the transform).
+_CACHED_ARRAYS = {"landmarks": (N_LANDMARKS, 3), "coeffs": (N_COEFFS,), "transform": (4, 4)}
 
 
 def _load_cached(path: Path, loaded: LoadedImage, source_id: str) -> PortraitAnalysis | None:
@@ -356,7 +337,12 @@ def _load_cached(path: Path, loaded: LoadedImage, source_id: str) -> PortraitAna
     if not consistent or matte.shape != loaded.rgb.shape[:2] or len(face_box) != 4 or counts.shape != (2,):
         log.warning("ignoring inconsistent portrait cache %s; analysing again", path)
         return None
-    return PortraitAnalysis(loaded.rgb, *arrays.values(), matte, face_box, *map(int, counts), source_id, True)
+    n_faces, face_index = (int(v) for v in counts)
+    return PortraitAnalysis(
+        image=loaded.rgb, landmarks=arrays["landmarks"], coeffs=arrays["coeffs"], transform=arrays["transform"],
+        yaw_pitch_roll=pose_angles(arrays["transform"]), matte=matte, face_box=face_box,  # type: ignore[arg-type]
+        n_faces=n_faces, face_index=face_index, source_id=source_id, from_cache=True,
+    )  # fmt: skip
 
 
 def _save_cached(path: Path, result: PortraitAnalysis) -> None:

@@ -10,6 +10,7 @@ This measures pixels only; it knows nothing about how a video was made.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,11 +33,14 @@ class FaceTracks:
         landmarks: (T, 478, 3) float32 in pixels (z in x's scale).
         coeffs: (T, 52) float32 ARKit blendshapes as MediaPipe measures them.
         fps: the video's frame rate.
+        transforms: (T, 4, 4) float32 MediaPipe's facial transformation matrices (camera frame:
+            x right, y up, z towards the viewer), or None when not measured.
     """
 
     landmarks: np.ndarray
     coeffs: np.ndarray
     fps: float
+    transforms: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.landmarks.shape[0])
@@ -66,20 +70,21 @@ class FaceTracks:
         return (self.coeffs[:, COEFF_INDEX["eyeBlinkLeft"]] + self.coeffs[:, COEFF_INDEX["eyeBlinkRight"]]) / 2
 
 
-def measure_frames(frames: list[np.ndarray] | np.ndarray, fps: float) -> FaceTracks:
-    """Track the largest face through RGB frames ((H, W, 3) uint8 each)."""
+def measure_frames(frames: Iterable[np.ndarray], fps: float) -> FaceTracks:
+    """Track the largest face through RGB frames ((H, W, 3) uint8 each; any iterable, consumed once)."""
     import mediapipe as mp
     from mediapipe.tasks.python import BaseOptions, vision
 
-    n = len(frames)
-    landmarks = np.full((n, 478, 3), np.nan, np.float32)
-    coeffs = np.full((n, N_COEFFS), np.nan, np.float32)
     options = vision.FaceLandmarkerOptions(
         base_options=BaseOptions(model_asset_path=landmarker_task_path()),
         running_mode=vision.RunningMode.VIDEO,
         num_faces=1,
         output_face_blendshapes=True,
+        output_facial_transformation_matrixes=True,
     )
+    missing = (np.full((478, 3), np.nan, np.float32), np.full(N_COEFFS, np.nan, np.float32),
+               np.full((4, 4), np.nan, np.float32))
+    rows = []
     with quiet_native_logs():
         tracker = vision.FaceLandmarker.create_from_options(options)
     try:
@@ -88,13 +93,50 @@ def measure_frames(frames: list[np.ndarray] | np.ndarray, fps: float) -> FaceTra
             image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(frame))
             result = tracker.detect_for_video(image, int(round(i * 1000.0 / fps)))
             if not result.face_landmarks:
+                rows.append(missing)
                 continue
-            pts = result.face_landmarks[0]
-            landmarks[i] = [(p.x * w, p.y * h, p.z * w) for p in pts]
-            coeffs[i] = coeffs_from_named({c.category_name: c.score for c in result.face_blendshapes[0]})
+            pts = np.array([(p.x * w, p.y * h, p.z * w) for p in result.face_landmarks[0]], np.float32)
+            named = coeffs_from_named({c.category_name: c.score for c in result.face_blendshapes[0]})
+            rows.append((pts, named, np.asarray(result.facial_transformation_matrixes[0], np.float32)))
     finally:
         tracker.close()
-    return FaceTracks(landmarks=landmarks, coeffs=coeffs, fps=fps)
+    if not rows:
+        return FaceTracks(np.zeros((0, 478, 3), np.float32), np.zeros((0, N_COEFFS), np.float32), fps,
+                          np.zeros((0, 4, 4), np.float32))
+    landmarks, coeffs, transforms = (np.stack(column) for column in zip(*rows, strict=True))
+    return FaceTracks(landmarks=landmarks, coeffs=coeffs, fps=fps, transforms=transforms)
+
+
+def iter_video_frames(path: str | Path, max_frames: int | None = None) -> tuple[Iterator[np.ndarray], float]:
+    """A video's RGB frames, decoded one at a time (bounded memory), and its frame rate.
+
+    Raises:
+        InputError: the file is missing, unreadable, or has no video track (at once); a decoding error
+            later is raised by the iterator.
+    """
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as exc:
+        reason = exc.__class__.__name__
+        raise InputError(f"{path}: cannot be read as a video ({reason}); give an MP4 or similar") from None
+    if not container.streams.video:
+        container.close()
+        raise InputError(f"{path}: has no video track; give a talking video")
+    stream = container.streams.video[0]
+    fps = float(stream.average_rate or stream.guessed_rate or 25)
+
+    def frames() -> Iterator[np.ndarray]:
+        try:
+            for k, frame in enumerate(container.decode(stream)):
+                if max_frames is not None and k >= max_frames:
+                    break
+                yield frame.to_ndarray(format="rgb24")
+        except (av.error.FFmpegError, OSError) as exc:
+            raise InputError(f"{path}: cannot be decoded ({exc.__class__.__name__}); give an MP4 or similar") from None
+        finally:
+            container.close()
+
+    return frames(), fps
 
 
 def read_video_frames(path: str | Path, max_frames: int | None = None) -> tuple[list[np.ndarray], float]:
@@ -123,9 +165,16 @@ def read_video_frames(path: str | Path, max_frames: int | None = None) -> tuple[
 
 
 def face_tracks(path: str | Path, max_frames: int | None = None) -> FaceTracks:
-    """Measure the face in every frame of a video file."""
-    frames, fps = read_video_frames(path, max_frames)
-    return measure_frames(frames, fps)
+    """Measure the face in every frame of a video file (frames are decoded as they are measured).
+
+    Raises:
+        InputError: the file cannot be read as a video, or holds no frames.
+    """
+    frames, fps = iter_video_frames(path, max_frames)
+    tracks = measure_frames(frames, fps)
+    if not len(tracks):
+        raise InputError(f"{path}: no video frames could be decoded; give a talking video")
+    return tracks
 
 
 def procrustes_residual(points: np.ndarray, reference: np.ndarray) -> float:

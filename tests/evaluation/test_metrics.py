@@ -18,6 +18,7 @@ import pytest
 
 from emote.evaluation import metrics as em
 from emote.model.face.blendshape_basis import BlendshapeBasis
+from emote.model.face.pose import rotation_matrix
 from emote.model.face.tracks import FaceTracks
 from tests._fixtures import silence, speech_16k
 
@@ -139,12 +140,8 @@ def test_frozen_eyes_give_no_blinks() -> None:
 
 
 def rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
-    """R = Ry(yaw) Rx(pitch) Rz(roll), angles in degrees (Similarity.yaw_pitch_roll's convention)."""
-    y, p, r = np.radians([yaw, pitch, roll])
-    ry = np.array([[np.cos(y), 0, np.sin(y)], [0, 1, 0], [-np.sin(y), 0, np.cos(y)]])
-    rx = np.array([[1, 0, 0], [0, np.cos(p), -np.sin(p)], [0, np.sin(p), np.cos(p)]])
-    rz = np.array([[np.cos(r), -np.sin(r), 0], [np.sin(r), np.cos(r), 0], [0, 0, 1]])
-    return ry @ rx @ rz
+    """The renderer's rotation for a pose (the motion representation's convention)."""
+    return rotation_matrix(yaw, pitch, roll).astype(np.float64)
 
 
 def test_head_pose_of_frontal_and_rotated_faces() -> None:

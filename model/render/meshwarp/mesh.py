@@ -5,8 +5,8 @@ landmarks, with holes at the eyes and the mouth) ships inside the Face
 Landmarker task file; we read its triangle list from there. Around the face
 we add rings of vertices (hair, ears, neck) that follow the head with a
 weight falling to zero on the body, so that head rotation bends the picture
-smoothly into the still shoulders. This module also names the landmark loops
-the renderer needs (inner lips, eye openings, face oval, irises).
+smoothly into the still shoulders. The landmark loops it uses (inner lips, eye openings,
+face oval, irises) are named in :mod:`emote.model.face.regions`.
 """
 
 from __future__ import annotations
@@ -17,37 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Ordered landmark loops (MediaPipe face mesh indices). "Right" is the
-# subject's right eye, which appears on the left of the picture.
-FACE_OVAL = np.array([
-    10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
-    152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109,
-])  # fmt: skip
-# Inner lip contour from the right mouth corner (78) along the upper lip to the
-# left corner (308) and back along the lower lip.
-INNER_LIPS = np.array([78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178, 88, 95])
-INNER_UPPER = INNER_LIPS[:11]  # corner to corner along the upper lip
-INNER_LOWER = np.concatenate([INNER_LIPS[:1], INNER_LIPS[:10:-1], INNER_LIPS[10:11]])  # corner to corner, lower
-OUTER_LIPS = np.array([
-    61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 375, 321, 405, 314, 17, 84, 181, 91, 146,
-])  # fmt: skip
-# Eye openings, outer corner, over the upper lid to the inner corner, back below.
-RIGHT_EYE = np.array([33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153, 145, 144, 163, 7])
-LEFT_EYE = np.array([263, 466, 388, 387, 386, 385, 384, 398, 362, 382, 381, 380, 374, 373, 390, 249])
-RIGHT_UPPER_LID = RIGHT_EYE[1:8]  # outer to inner
-LEFT_UPPER_LID = LEFT_EYE[1:8]
-RIGHT_LOWER_LID = RIGHT_EYE[15:8:-1]  # outer to inner, column by column under the upper lid
-LEFT_LOWER_LID = LEFT_EYE[15:8:-1]
-# The rings of skin above each upper lid (lid fold), outer to inner.
-RIGHT_LID_FOLD = np.array([247, 30, 29, 27, 28, 56, 190])
-LEFT_LID_FOLD = np.array([467, 260, 259, 257, 258, 286, 414])
-# The next rings up, under the brows.
-RIGHT_BROW_SKIN = np.array([113, 225, 224, 223, 222, 221, 189])
-LEFT_BROW_SKIN = np.array([342, 445, 444, 443, 442, 441, 413])
-RIGHT_IRIS = np.arange(468, 473)  # centre then four rim points
-LEFT_IRIS = np.arange(473, 478)
-CHIN = 152
-NOSE_BRIDGE = 168
+from emote.model.face.regions import CHIN, FACE_OVAL, INNER_LIPS, LEFT_EYE, RIGHT_EYE
 
 
 def _read_varint(data: bytes, pos: int) -> tuple[int, int]:

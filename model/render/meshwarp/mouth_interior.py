@@ -17,17 +17,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from emote.model.render.meshwarp.mesh import (
-    CHIN,
-    INNER_LIPS,
-    INNER_LOWER,
-    INNER_UPPER,
-    LEFT_EYE,
-    OUTER_LIPS,
-    RIGHT_EYE,
-    loop_fan,
-    strip_quads,
-)
+from emote.model.face.regions import CHIN, INNER_LIPS, INNER_LOWER, INNER_UPPER, LEFT_EYE, OUTER_LIPS, RIGHT_EYE
+from emote.model.render.meshwarp.mesh import loop_fan, strip_quads
 
 # Layers (drawing priority) used inside the mouth opening.
 LAYER_CAVITY, LAYER_TONGUE, LAYER_LOWER_TEETH, LAYER_UPPER_TEETH, LAYER_PHOTO_TEETH = 1, 2, 3, 4, 5

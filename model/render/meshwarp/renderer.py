@@ -23,8 +23,8 @@ import numpy as np
 
 from emote.model.face.blendshape_basis import BlendshapeBasis, PortraitDeformer
 from emote.model.face.framing import FramedPortrait
-from emote.model.motion.interface import COEFF_INDEX, N_COEFFS
-from emote.model.render.meshwarp.mesh import (
+from emote.model.face.pose import head_pivot, rotation_matrix
+from emote.model.face.regions import (
     FACE_OVAL,
     LEFT_BROW_SKIN,
     LEFT_EYE,
@@ -38,9 +38,9 @@ from emote.model.render.meshwarp.mesh import (
     RIGHT_LID_FOLD,
     RIGHT_LOWER_LID,
     RIGHT_UPPER_LID,
-    build_surround,
-    skin_triangles,
 )
+from emote.model.motion.interface import COEFF_INDEX, N_COEFFS
+from emote.model.render.meshwarp.mesh import build_surround, skin_triangles
 from emote.model.render.meshwarp.mouth_interior import MouthRig, paint_mouth_textures
 from emote.model.render.meshwarp.raster import Rasterizer, RasterLayers, by_layer
 
@@ -49,19 +49,6 @@ Deformer = Callable[[np.ndarray], np.ndarray]
 
 LAYER_SURROUND, LAYER_EYES, LAYER_SKIN = 0, 6, 7
 _C = COEFF_INDEX
-
-
-def rotation_matrix(yaw_deg: float, pitch_deg: float, roll_deg: float) -> np.ndarray:
-    """(3, 3) rotation in image axes (x right, y down, z away from the viewer).
-
-    Yaw > 0 turns the face to the viewer's right, pitch > 0 tips the chin
-    down, roll > 0 tilts the head clockwise on screen (see model.motion.interface).
-    """
-    y, p, r = np.radians([yaw_deg, pitch_deg, roll_deg])
-    ry = np.array([[np.cos(y), 0, -np.sin(y)], [0, 1, 0], [np.sin(y), 0, np.cos(y)]])
-    rx = np.array([[1, 0, 0], [0, np.cos(p), -np.sin(p)], [0, np.sin(p), np.cos(p)]])
-    rz = np.array([[np.cos(r), -np.sin(r), 0], [np.sin(r), np.cos(r), 0], [0, 0, 1]])
-    return (rz @ rx @ ry).astype(np.float32)
 
 
 def fill_background(image: np.ndarray, matte: np.ndarray) -> np.ndarray:
@@ -187,9 +174,7 @@ class MeshWarpPortrait:
                                     static=near == 0)
         mouth = MouthRig(rest, textures, float(h))
         surround = build_surround(rest, (w, h))
-        face_h = float(np.ptp(oval[:, 1]))
-        centre = oval.mean(axis=0)
-        pivot = np.array([centre[0], centre[1] + 0.15 * face_h, centre[2] + 0.65 * face_width], np.float32)
+        pivot = head_pivot(rest)
         eyes = (_eye_patch(rest, RIGHT_EYE, RIGHT_IRIS), _eye_patch(rest, LEFT_EYE, LEFT_IRIS))
         n_face, n_ring, n_mouth = len(rest), len(surround.points), len(mouth.uv)
         o_mouth = n_face + n_ring

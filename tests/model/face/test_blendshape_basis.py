@@ -208,8 +208,8 @@ def test_basis_explains_real_mouth_motion(basis: BlendshapeBasis) -> None:
         pytest.skip(f"{GRID_CLIP} not available (needs ../shared/data)")
     pytest.importorskip("mediapipe")
     from emote.model.errors import DependencyError
+    from emote.model.face.basis_fit import MAX_YAW_DEG, measure_video
     from emote.model.face.landmarker import landmarker_task_path
-    from scripts.fit_blendshape_basis import MAX_YAW_DEG, measure_video
 
     try:
         landmarker_task_path()

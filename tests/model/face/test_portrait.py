@@ -29,7 +29,8 @@ from emote.model.errors import (
     OptionError,
 )
 from emote.model.face import landmarker, portrait
-from emote.model.face.portrait import PortraitAnalysis, analyze_portrait, pose_angles
+from emote.model.face.portrait import PortraitAnalysis, analyze_portrait
+from emote.model.face.pose import pose_angles
 from emote.model.motion.interface import COEFF_INDEX
 
 skimage_data = pytest.importorskip("skimage.data")
@@ -154,7 +155,8 @@ def test_pose_angle_conventions() -> None:
     np.testing.assert_allclose(pose_angles(turned_right), [20, 0, 0], atol=1e-4)
     np.testing.assert_allclose(pose_angles(chin_down), [0, 15, 0], atol=1e-4)
     np.testing.assert_allclose(pose_angles(clockwise), [0, 0, 10], atol=1e-4)
-    np.testing.assert_allclose(pose_angles(turned_right @ chin_down @ clockwise), [20, 15, 10], atol=1e-4)
+    # Composed as the renderer composes them (roll last, in image axes): R = Rz(roll) Rx(pitch) Ry(yaw).
+    np.testing.assert_allclose(pose_angles(clockwise @ chin_down @ turned_right), [20, 15, 10], atol=1e-4)
 
 
 @needs_model

@@ -1,16 +1,17 @@
 """Fit the ARKit → MediaPipe-landmark blendshape basis from real talking videos.
 
-The training script behind ``model/weights/blendshape_basis.npz`` (see MODEL_CARD.md
-there). It runs MediaPipe's Face Landmarker on every frame (cached under /tmp, never in
-the repository), removes head pose per frame by a 3-D similarity Procrustes fit of rigid
-landmarks to a canonical frontal template (generalised Procrustes analysis), and fits a
-ridge regression ``delta_shape ≈ B · delta_coeffs`` on per-video deltas (each video's own
-means are subtracted, which removes identity) with pose nuisance terms and a locality
-prior. The ridge strength is chosen by leave-one-person-out cross-validation; held-out R²
-per face region and per key coefficient is printed and stored in the weights file.
+The training behind ``model/weights/blendshape_basis.npz`` (see MODEL_CARD.md there). It
+measures every frame with :mod:`~emote.model.face.tracks` (MediaPipe's Face Landmarker, the
+same measurement as evaluation; cached under /tmp, never in the repository), removes head
+pose per frame by a 3-D similarity Procrustes fit of rigid landmarks to a canonical frontal
+template (generalised Procrustes analysis), and fits a ridge regression
+``delta_shape ≈ B · delta_coeffs`` on per-video deltas (each video's own means are
+subtracted, which removes identity) with pose nuisance terms and a locality prior. The
+ridge strength is chosen by leave-one-person-out cross-validation; held-out R² per face
+region and per key coefficient is printed and stored in the weights file.
 
 Usage:
-    python -m scripts.fit_blendshape_basis --videos /work/shared/data/videos --out model/weights/blendshape_basis.npz
+    python -m emote.model.face.basis_fit --videos ../shared/data/videos --out model/weights/blendshape_basis.npz
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from emote.model.face.blendshape_basis import N_LANDMARKS, align_sequence, normalise_shape
-from emote.model.face.landmarker import landmarker_task_path, quiet_native_logs
-from emote.model.motion.interface import ARKIT_NAMES, COEFF_INDEX, N_COEFFS, coeffs_from_named
+from emote.model.face.tracks import face_tracks
+from emote.model.motion.interface import ARKIT_NAMES, COEFF_INDEX, N_COEFFS
 
 #: Landmarks that do not move with expression (checked on the data: expression explains
 #: < 0.008 eye-corner-distance RMS of their motion): forehead (10, 151, 108, 337), temples
@@ -54,7 +55,7 @@ KEY_COEFFS = (
 SUPPORT_ZONES = {
     "brow": (-9.0, 0.4), "eye": (-9.0, 0.4), "cheekSquint": (-0.1, 0.9), "noseSneer": (-0.3, 0.95), "": (0.0, 9.0)
 }  # fmt: skip
-LATERAL_MARGIN, CACHE_VERSION = 0.1, "v1"
+LATERAL_MARGIN, CACHE_VERSION = 0.1, "v2"
 LAMBDAS, LAMBDA_TOLERANCE = np.logspace(-6, -1, 11), 0.005
 #: Coefficients whose per-video deltas have a smaller SD than this are not determined by the
 #: data (MediaPipe hardly ever reports cheekPuff, cheekSquint, noseSneer, jawForward, ...): zero basis.
@@ -62,47 +63,19 @@ MIN_COEFF_SD = 0.015
 
 
 def measure_video(path: str | Path) -> dict[str, np.ndarray]:
-    """Run the Face Landmarker (VIDEO mode) on every frame of a video.
+    """Face tracks of every frame of a video (:func:`~emote.model.face.tracks.face_tracks`), as arrays.
 
     Returns:
         ``landmarks`` (T, 478, 3) float32 pixels (x*W, y*H, z*W; NaN where no face),
-        ``coeffs`` (T, 52) float32 ARKit weights, ``matrix`` (T, 4, 4) float32
-        facial transformation matrices, ``ok`` (T,) bool, ``fps`` () float.
+        ``coeffs`` (T, 52) float32 ARKit weights (0 where no face), ``matrix`` (T, 4, 4) float32
+        facial transformation matrices (identity where no face), ``ok`` (T,) bool, ``fps`` () float.
     """
-    import av
-    import mediapipe as mp
-    from mediapipe.tasks.python import BaseOptions, vision
-
-    options = vision.FaceLandmarkerOptions(
-        base_options=BaseOptions(model_asset_path=landmarker_task_path()),
-        running_mode=vision.RunningMode.VIDEO,
-        num_faces=1,
-        output_face_blendshapes=True,
-        output_facial_transformation_matrixes=True,
-    )
-    rows = []
-    with quiet_native_logs():
-        landmarker = vision.FaceLandmarker.create_from_options(options)
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            fps = float(stream.average_rate or 25)
-            for i, frame in enumerate(container.decode(stream)):
-                rgb = np.ascontiguousarray(frame.to_ndarray(format="rgb24"))
-                image = mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb)
-                res = landmarker.detect_for_video(image, int(round(i * 1000.0 / fps)))
-                h, w = rgb.shape[:2]
-                if not res.face_landmarks:
-                    rows.append((np.full((N_LANDMARKS, 3), np.nan), np.zeros(N_COEFFS), np.eye(4)))
-                    continue
-                pts = [(p.x * w, p.y * h, p.z * w) for p in res.face_landmarks[0]]
-                named = {c.category_name: c.score for c in res.face_blendshapes[0]}
-                rows.append((np.array(pts), coeffs_from_named(named), res.facial_transformation_matrixes[0]))
-    finally:
-        landmarker.close()
-    lms, coeffs, mats = (np.stack(c).astype(np.float32) for c in zip(*rows, strict=True))
-    return {"landmarks": lms, "coeffs": coeffs, "matrix": mats, "ok": np.isfinite(lms[:, 0, 0]), "fps": np.float64(fps)}
+    tracks = face_tracks(path)
+    ok = np.isfinite(tracks.landmarks[:, 0, 0])
+    assert tracks.transforms is not None
+    matrix = np.where(ok[:, None, None], tracks.transforms, np.eye(4, dtype=np.float32))
+    return {"landmarks": tracks.landmarks, "coeffs": np.where(ok[:, None], tracks.coeffs, 0.0).astype(np.float32),
+            "matrix": matrix.astype(np.float32), "ok": ok, "fps": np.float64(tracks.fps)}
 
 
 def measure_cached(path: Path, cache_dir: Path) -> dict[str, np.ndarray]:
@@ -380,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     print("motion RMS: " + ", ".join(f"{k} {rms[i].mean():.4f}" for k, i in {"rigid": RIGID_IDX, **regions}.items()))
 
     limits = {"max_yaw_deg": MAX_YAW_DEG, "max_pitch_deg": MAX_PITCH_DEG, "max_rigid_excess": MAX_RIGID_EXCESS}
-    meta = {"trained_by": "scripts/fit_blendshape_basis.py", "videos": [d["name"] for d in deltas],
+    meta = {"trained_by": "emote.model.face.basis_fit", "videos": [d["name"] for d in deltas],
             "n_frames": n_frames, "n_videos": len(deltas), "n_groups": len(stats), "dropped_frames": dropped,
             "ridge_lambda": lam, "min_coeff_sd": MIN_COEFF_SD, "locality_prior": bool(args.local),
             "limits": limits, **report}  # fmt: skip
