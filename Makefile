@@ -61,8 +61,13 @@ endif
 eval: $(STAMP)
 	$(PY) -m bench.eval --write BENCHMARKS.md
 
+# mypy reads the code under its installed names (emote.*) through links in .cache/typecheck: it cannot
+# follow setuptools' editable-install import hook.
+TYPECHECK := .cache/typecheck/emote
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	@mkdir -p $(TYPECHECK) && for part in model streaming evaluation server; do ln -sfn ../../../$$part $(TYPECHECK)/$$part; done
+	$(VENV)/bin/mypy -p emote.model -p emote.streaming -p emote.evaluation -p emote.server
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

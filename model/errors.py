@@ -15,8 +15,12 @@ bare ``ValueError`` for user input.
     │   │   ├── EmptyAudioError    the file holds no samples
     │   │   └── CorruptAudioError  the file cannot be decoded
     │   ├── OptionError            a command-line option or config value is out of range
-    │   └── SignalingError         a WebRTC offer cannot be answered (malformed SDP, wrong type, no video)
+    │   └── (server)               SignalingError, BadRequestError, PayloadTooLargeError, NotFoundError
+    ├── (server) BusyError         the live server is full: retry later
     └── DependencyError            an optional component (e.g. TTS engine) is not installed
+
+The live server's errors (the branches marked ``(server)``, each with the HTTP status it becomes)
+live in :mod:`emote.server.errors`, beside the code that raises them.
 """
 
 from __future__ import annotations
@@ -60,10 +64,6 @@ class CorruptAudioError(AudioError):
 
 class OptionError(InputError):
     """A command-line option or configuration value is invalid."""
-
-
-class SignalingError(InputError):
-    """A WebRTC offer cannot be answered: malformed SDP, not an offer, or nothing the avatar can send to."""
 
 
 class DependencyError(EmoteError):

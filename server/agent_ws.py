@@ -52,7 +52,8 @@ import numpy as np
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from emote.server.sessions import ManagedSession, SessionManager, UnknownSessionError
+from emote.server.errors import UnknownSessionError
+from emote.server.sessions import ManagedSession, SessionManager
 from emote.streaming.session import (
     PlaybackFinished,
     PlaybackStarted,

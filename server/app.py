@@ -4,11 +4,13 @@
 :class:`~server.portraits.PortraitStore` and :class:`~server.sessions.SessionManager`, and maps the
 errors they raise to JSON ``{"error": message}`` responses::
 
-    InputError (malformed JSON, SDP, fields)  400      UnknownSessionError, UnknownPortraitError  404
-    PortraitError (no face, not an image)     422      body over its limit                        413
+    InputError (malformed JSON, SDP, fields)  400      NotFoundError (unknown session, portrait)  404
+    PortraitError (no face, not an image)     422      PayloadTooLargeError (body over its limit)  413
     TooManySessionsError, UploadsBusyError    503 + Retry-After
     SayQueueFullError                         429 + Retry-After
     DependencyError (TTS not installed)       501
+
+(the server's errors and their tree are in :mod:`emote.server.errors`)
 
 Blocking work never runs on the event loop: rendering on a shared pool of ``render_threads``,
 portrait analysis and session preparation on one thread, speech synthesis on another (espeak-ng is
@@ -46,17 +48,19 @@ from emote.model.errors import DependencyError, InputError, OptionError, Portrai
 from emote.server import tts
 from emote.server.agent_ws import agent_audio_endpoint
 from emote.server.config import ServerConfig
-from emote.server.face_check import FaceChecker
-from emote.server.portraits import PortraitStore, UnknownPortraitError
-from emote.server.sessions import (
-    PeerBuilder,
+from emote.server.errors import (
+    BadRequestError,
+    BusyError,
+    NotFoundError,
+    PayloadTooLargeError,
     SayQueueFullError,
-    SessionBuilder,
-    SessionManager,
-    TooManySessionsError,
     UnknownSessionError,
-    session_summary,
+    UploadsBusyError,
 )
+from emote.server.face_check import FaceChecker
+from emote.server.portraits import PortraitStore
+from emote.server.sessions import PeerBuilder, SessionBuilder, SessionManager, session_summary
+from emote.server.video_codec import install_video_encoding
 from emote.streaming.session import SessionClosed
 
 WEB_CLIENT_DIR = Path(__file__).resolve().parent.parent / "web_client"
@@ -72,23 +76,6 @@ UPLOAD_RETRY_AFTER_S = 3
 SAY_START_WAIT_S = 0.5
 
 log = logging.getLogger(__name__)
-
-
-class BadRequestError(InputError):
-    """The request is malformed: not JSON, a field missing or of the wrong type (400)."""
-
-
-class PayloadTooLargeError(InputError):
-    """The request body is larger than allowed (413)."""
-
-
-class UploadsBusyError(RuntimeError):
-    """``max_concurrent_uploads`` uploads are already being handled (503 with Retry-After)."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"the server is busy with {limit} other portrait upload(s); try again in "
-                         f"{UPLOAD_RETRY_AFTER_S} s")
-        self.retry_after_s = UPLOAD_RETRY_AFTER_S
 
 
 @dataclass
@@ -135,6 +122,7 @@ def create_app(
         analyze_portrait: replaces the face analysis that checks uploads (tests pass a cheaper one);
             by default it runs in a worker process (:class:`~server.face_check.FaceChecker`).
     """
+    install_video_encoding()
     render = ThreadPoolExecutor(config.render_threads, thread_name_prefix="emote-render",
                                 initializer=one_torch_thread)
     prepare = ThreadPoolExecutor(1, thread_name_prefix="emote-prepare", initializer=one_torch_thread)
@@ -175,11 +163,7 @@ def create_app(
         exception_handlers={
             HTTPException: _http_error,
             InputError: _input_error,
-            UnknownSessionError: _not_found,
-            UnknownPortraitError: _not_found,
-            TooManySessionsError: _busy,
-            SayQueueFullError: _busy,
-            UploadsBusyError: _busy,
+            BusyError: _busy,
             DependencyError: _not_installed,
             Exception: _internal_error,
         },
@@ -229,7 +213,7 @@ class _Routes:
 
     async def upload_portrait(self, request: Request) -> Response:
         if self.uploads_in_flight >= self.config.max_concurrent_uploads:
-            raise UploadsBusyError(self.config.max_concurrent_uploads)
+            raise UploadsBusyError(self.config.max_concurrent_uploads, UPLOAD_RETRY_AFTER_S)
         self.uploads_in_flight += 1
         try:
             return await self._upload_portrait(request)
@@ -401,6 +385,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _input_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, NotFoundError):
+        return _error(404, str(exc))
     if isinstance(exc, PayloadTooLargeError):
         return _error(413, str(exc))
     if isinstance(exc, PortraitError):
@@ -408,12 +394,8 @@ async def _input_error(request: Request, exc: Exception) -> Response:
     return _error(400, str(exc))
 
 
-async def _not_found(request: Request, exc: Exception) -> Response:
-    return _error(404, str(exc))
-
-
 async def _busy(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, TooManySessionsError | SayQueueFullError | UploadsBusyError)
+    assert isinstance(exc, BusyError)
     status = 429 if isinstance(exc, SayQueueFullError) else 503
     return _error(status, str(exc), {"Retry-After": str(exc.retry_after_s)})
 

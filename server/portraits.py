@@ -20,6 +20,7 @@ does not stall the others: :class:`PreparedPortraits` (renderers' prepared portr
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import hashlib
 import io
@@ -43,6 +44,7 @@ from emote.model.errors import NotAnImageError, PortraitError
 from emote.model.face.portrait import analyze_portrait, cached_analysis_path
 from emote.model.render.interface import FrameRenderer, PreparedPortrait, Renderer
 from emote.model.render.registry import make_renderer, prepare_portrait
+from emote.server.errors import UnknownPortraitError
 from emote.streaming.speech_gate import SpeechGate
 
 DEFAULT_ID = "default"
@@ -55,17 +57,6 @@ _ID_RE = re.compile(rf"^[0-9a-f]{{{ID_HEX_DIGITS}}}$")
 _MAX_NAME_CHARS = 120
 
 log = logging.getLogger(__name__)
-
-
-class UnknownPortraitError(KeyError):
-    """No portrait has this id (HTTP 404)."""
-
-    def __init__(self, portrait_id: str) -> None:
-        super().__init__(portrait_id)
-        self.portrait_id = portrait_id
-
-    def __str__(self) -> str:
-        return f"no portrait has the id {self.portrait_id!r}; GET /portraits lists them"
 
 
 @dataclass(frozen=True)
@@ -137,7 +128,7 @@ class PortraitStore:
         """The portrait used when an offer names none."""
         return self._default
 
-    def list(self) -> list[PortraitInfo]:
+    def list(self) -> builtins.list[PortraitInfo]:
         """The default portrait first, then the uploads in the order they were added (oldest first)."""
         return [self._default, *self._uploaded.values()]
 
@@ -185,7 +176,7 @@ class PortraitStore:
             await asyncio.shield(loop.run_in_executor(self._executor, self._delete, old))
         return info, True
 
-    def _evict(self) -> list[PortraitInfo]:
+    def _evict(self) -> builtins.list[PortraitInfo]:
         """Forget the least recently uploaded portraits beyond :attr:`max_uploads`; returns them (their
         files are deleted by :func:`_delete_upload`, off the event loop)."""
         evicted = []

@@ -35,6 +35,7 @@ import numpy as np
 
 from emote.model.motion.registry import make_generator
 from emote.server.config import ServerConfig
+from emote.server.errors import SayQueueFullError, TooManySessionsError, UnknownSessionError
 from emote.server.portraits import GateLease, GatePool, PortraitInfo, PortraitStore, PreparedPortraits
 from emote.streaming.session import (
     AvatarSession,
@@ -57,36 +58,6 @@ log = logging.getLogger(__name__)
 
 SessionBuilder = Callable[[PortraitInfo], Awaitable[AvatarSession]]
 PeerBuilder = Callable[[AvatarSession, Callable[[], None]], "AvatarPeer"]
-
-
-class UnknownSessionError(KeyError):
-    """No live session has this id (HTTP 404)."""
-
-    def __init__(self, session_id: str) -> None:
-        super().__init__(session_id)
-        self.session_id = session_id
-
-    def __str__(self) -> str:
-        return f"no live session has the id {self.session_id!r}; it ended or never existed"
-
-
-class TooManySessionsError(RuntimeError):
-    """Every session slot is taken (HTTP 503 with Retry-After)."""
-
-    def __init__(self, max_sessions: int, retry_after_s: int) -> None:
-        super().__init__(
-            f"the server is busy: all {max_sessions} session(s) are in use; try again in {retry_after_s} s"
-        )
-        self.retry_after_s = retry_after_s
-
-
-class SayQueueFullError(RuntimeError):
-    """The session already holds :data:`SAY_QUEUE_TEXTS` texts waiting to be said (HTTP 429 + Retry-After)."""
-
-    def __init__(self, waiting: int, retry_after_s: int) -> None:
-        super().__init__(f"the avatar already has {waiting} texts waiting to be said; try again in {retry_after_s} s "
-                         "or interrupt it with POST /sessions/{id}/clear")
-        self.retry_after_s = retry_after_s
 
 
 @dataclass(eq=False)
@@ -362,8 +333,12 @@ class SessionManager:
             self._sessions[managed.id] = managed
             session.add_listener(managed._dispatch)
             failed_id = managed.id  # a session whose producer failed is frozen: release it
-            session.add_listener(lambda e: isinstance(e, SessionFailed)
-                                 and self._close_soon(failed_id, "the avatar session failed"))
+
+            def close_if_failed(event: SessionEvent) -> None:
+                if isinstance(event, SessionFailed):
+                    self._close_soon(failed_id, "the avatar session failed")
+
+            session.add_listener(close_if_failed)
             await session.start()
             if offer is None:
                 managed._sinks = [asyncio.create_task(_drain(session.next_video), name=f"video-sink-{managed.id}"),

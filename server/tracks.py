@@ -71,7 +71,7 @@ class AvatarVideoTrack(MediaStreamTrack):
             raise MediaStreamError("the avatar session ended") from None
         if out.image is not self._last_rgb:  # a late frame repeats the last image: convert it once
             self._last_rgb = out.image
-            self._last_i420 = cv2.cvtColor(out.image, cv2.COLOR_RGB2YUV_I420)
+            self._last_i420 = np.asarray(cv2.cvtColor(out.image, cv2.COLOR_RGB2YUV_I420), np.uint8)
         frame = av.VideoFrame.from_ndarray(self._last_i420, format="yuv420p")
         frame.pts = int(round(out.index * self._ticks_per_frame))
         frame.time_base = _VIDEO_TIME_BASE

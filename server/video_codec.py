@@ -1,9 +1,11 @@
 """How the avatar's video is encoded: aiortc's VP8 path, tuned for a rendered talking head.
 
 aiortc builds its encoders itself (``aiortc.codecs.get_encoder``) and keeps their settings in module
-constants and in ``Vp8Encoder.encode``; it has no per-connection hook. :func:`tune_video_encoding`
-therefore changes them for the whole process (every call of this server gets the same encoder), and
-aiortc is pinned in pyproject.toml so the patch meets the code it was written against:
+constants and in ``Vp8Encoder.encode``; it has no per-connection hook. :func:`install_video_encoding`
+therefore changes them once for the whole process, when the server starts (every call of this server
+gets the same encoder settings; what changes per call, the bitrate a receiver's estimate asks for,
+stays per encoder), and aiortc is pinned in pyproject.toml so the patch meets the code it was written
+against:
 
 - a bitrate ceiling (:data:`MAX_VIDEO_BITRATE`): over loopback the caller's bandwidth estimate drove
   VP8 to ~0.9 Mbit/s (aiortc's own ceiling is 1.5 Mbit/s), and the encoder's CPU grows with the rate;
@@ -41,12 +43,12 @@ class AvatarVp8Encoder(vpx.Vp8Encoder):
         # A new size, or a bitrate more than 10 % away from the context's, needs a new context (as in
         # aiortc). So does a context aiortc made itself: the receiver's estimate can move the bitrate
         # (from the event loop) between this check and aiortc's identical one in super().encode().
-        if codec is not None and (
-            codec is not getattr(self, "_tuned", None)
-            or (frame.width, frame.height) != (codec.width, codec.height)
-            or abs(self.target_bitrate - codec.bit_rate) / codec.bit_rate > 0.1
-        ):
-            self.codec = None
+        if codec is not None:
+            made_by_aiortc = codec is not getattr(self, "_tuned", None)
+            resized = (frame.width, frame.height) != (codec.width, codec.height)
+            rate = codec.bit_rate or 0
+            if made_by_aiortc or resized or abs(self.target_bitrate - rate) > 0.1 * rate:
+                self.codec = None
         if self.codec is None:
             self.codec = self._tuned = self._open(frame.width, frame.height)
         return super().encode(frame, force_keyframe)
@@ -75,12 +77,28 @@ class AvatarVp8Encoder(vpx.Vp8Encoder):
         return codec
 
 
-def tune_video_encoding(max_bitrate: int = MAX_VIDEO_BITRATE) -> None:
-    """Cap the video bitrate and use :class:`AvatarVp8Encoder` for every VP8 call (process-wide)."""
+_installed: list[int] = []  # the ceiling installed in this process, if any
+
+
+def install_video_encoding(max_bitrate: int = MAX_VIDEO_BITRATE) -> None:
+    """Cap the video bitrate and use :class:`AvatarVp8Encoder` for every VP8 call: once per process.
+
+    Called when the server starts; calling it again with the same ceiling does nothing.
+
+    Raises:
+        RuntimeError: another ceiling was installed before (it is process-wide: it would change the
+            calls already running).
+    """
+    if _installed:
+        if _installed[0] != max_bitrate:
+            raise RuntimeError(f"the video bitrate ceiling is {_installed[0]} bit/s for this process; "
+                               f"{max_bitrate} cannot be installed beside it")
+        return
     import aiortc.codecs
     from aiortc.codecs import h264
 
-    for codec in (vpx, h264):
-        codec.MAX_BITRATE = max(max_bitrate, codec.MIN_BITRATE)
-        codec.DEFAULT_BITRATE = min(codec.DEFAULT_BITRATE, codec.MAX_BITRATE)
-    aiortc.codecs.Vp8Encoder = AvatarVp8Encoder
+    for module in (vpx, h264):
+        setattr(module, "MAX_BITRATE", max(max_bitrate, module.MIN_BITRATE))  # noqa: B010 (aiortc's constants)
+        setattr(module, "DEFAULT_BITRATE", min(module.DEFAULT_BITRATE, max_bitrate))  # noqa: B010
+    setattr(aiortc.codecs, "Vp8Encoder", AvatarVp8Encoder)  # noqa: B010
+    _installed.append(max_bitrate)

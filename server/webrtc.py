@@ -32,10 +32,9 @@ from aiortc import sdp as aiortc_sdp
 from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
 from aiortc.mediastreams import MediaStreamError
 
-from emote.model.errors import SignalingError
+from emote.server.errors import SignalingError
 from emote.server.ice import IceGuard, IcePolicy, rtc_configuration
 from emote.server.tracks import AvatarAudioTrack, AvatarVideoTrack
-from emote.server.video_codec import MAX_VIDEO_BITRATE, tune_video_encoding
 from emote.streaming.session import AvatarSession
 
 logger = logging.getLogger(__name__)
@@ -139,9 +138,7 @@ class AvatarPeer:
         on_closed: Callable[[], None],
         silence_timeout_s: float = 5.0,
         connect_timeout_s: float = 15.0,
-        max_video_bitrate: int = MAX_VIDEO_BITRATE,
     ) -> None:
-        tune_video_encoding(max_video_bitrate)
         self.session = session
         self.policy = policy
         self.silence_timeout_s = silence_timeout_s

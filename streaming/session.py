@@ -326,6 +326,7 @@ class AvatarSession:
                     await self._wait_input(deadline)
                     continue
                 tick = self.inputs.take_tick(force=True)
+                assert tick is not None  # forced: silence when there is nothing else
             audio, info = tick
             zero, self._zero_pending = self._zero_pending, False
             # Only speech is played back: the caller's microphone is not echoed.

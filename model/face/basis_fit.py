@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             "ridge_lambda": lam, "min_coeff_sd": MIN_COEFF_SD, "locality_prior": bool(args.local),
             "limits": limits, **report}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {f"region_{k}": v.astype(np.int16) for k, v in regions.items() if k != "all"}
+    arrays: dict[str, np.ndarray] = {f"region_{k}": v.astype(np.int16) for k, v in regions.items() if k != "all"}
     arrays.update(mean_shape=template.astype(np.float32), basis=basis16, names=np.array(ARKIT_NAMES))
     p99 = np.percentile(np.concatenate([v["coeffs"] for v in videos]), 99, axis=0)
     arrays.update(supported=supported, coeff_p99=p99.astype(np.float32))

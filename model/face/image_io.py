@@ -206,7 +206,8 @@ def _to_srgb(img: Image.Image) -> Image.Image:
     """Apply the embedded colour profile (Display P3 phone photos, CMYK print files)."""
     try:
         src = ImageCms.ImageCmsProfile(io.BytesIO(img.info["icc_profile"]))
-        return ImageCms.profileToProfile(img, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+        converted = ImageCms.profileToProfile(img, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+        return img if converted is None else converted
     except (ImageCms.PyCMSError, OSError, ValueError):
         # A broken profile is common in the wild and not worth rejecting the photo for.
         return img

@@ -293,7 +293,7 @@ def _person_matte(rgb: np.ndarray, alpha: np.ndarray | None, faces: list[_Face])
     # Selfie-trained segmenters sometimes bite into faces in paintings; a face must never be cut.
     hull = np.zeros((h, w), np.uint8)
     for f in faces:
-        cv2.fillConvexPoly(hull, cv2.convexHull(np.round(f.landmarks[:, :2]).astype(np.int32)), 255)
+        cv2.fillConvexPoly(hull, cv2.convexHull(np.round(f.landmarks[:, :2]).astype(np.int32)), (255,))
     k = max(3, radius) | 1
     inner = cv2.GaussianBlur(cv2.erode(hull, np.ones((k, k), np.uint8)), (k, k), 0)
     matte = np.maximum(matte, inner.astype(np.float32) / 255.0)
@@ -329,18 +329,19 @@ def _load_cached(path: Path, loaded: LoadedImage, source_id: str) -> PortraitAna
         with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
             arrays = {k: z[k].astype(np.float32) for k in _CACHED_ARRAYS}
             matte, counts = z["matte"].astype(np.uint16) / _U16, z["counts"]
-            face_box = tuple(int(v) for v in z["face_box"])
+            box = [int(v) for v in z["face_box"]]
     except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile) as exc:
         log.warning("ignoring unreadable portrait cache %s (%s); analysing again", path, exc)
         return None
     consistent = all(arrays[k].shape == shape for k, shape in _CACHED_ARRAYS.items())
-    if not consistent or matte.shape != loaded.rgb.shape[:2] or len(face_box) != 4 or counts.shape != (2,):
+    if not consistent or matte.shape != loaded.rgb.shape[:2] or len(box) != 4 or counts.shape != (2,):
         log.warning("ignoring inconsistent portrait cache %s; analysing again", path)
         return None
     n_faces, face_index = (int(v) for v in counts)
+    face_box = (box[0], box[1], box[2], box[3])
     return PortraitAnalysis(
         image=loaded.rgb, landmarks=arrays["landmarks"], coeffs=arrays["coeffs"], transform=arrays["transform"],
-        yaw_pitch_roll=pose_angles(arrays["transform"]), matte=matte, face_box=face_box,  # type: ignore[arg-type]
+        yaw_pitch_roll=pose_angles(arrays["transform"]), matte=matte, face_box=face_box,
         n_faces=n_faces, face_index=face_index, source_id=source_id, from_cache=True,
     )  # fmt: skip
 

@@ -114,6 +114,7 @@ class AudioSource:
         start = 0
         with _open_container(self.path) as container:
             stream = container.streams[self.stream_index]
+            assert isinstance(stream, av.audio.stream.AudioStream)
             converter = _Converter(self.mux_rate, self.mux_layout)
             for frame in _decode(container, stream, self.path):
                 mono, mux = converter.push(frame)
@@ -280,6 +281,7 @@ def open_audio(path: str | Path) -> AudioSource:
         if not container.streams.audio:
             raise _no_audio_error(container, path)
         stream = container.streams.best("audio") or container.streams.audio[0]
+        assert isinstance(stream, av.audio.stream.AudioStream)
         if stream.codec_context is None:
             raise CorruptAudioError(
                 f"{path}: its audio codec {stream.codec_tag or 'unknown'} cannot be decoded; "

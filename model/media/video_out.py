@@ -203,7 +203,7 @@ class Mp4Writer:
                 f"expected a ({self.height}, {self.width}, 3) uint8 RGB frame, got {rgb.shape} {rgb.dtype}"
             )
         # One SIMD pass in OpenCV; PyAV's own rgb24 path goes through swscale and is slower.
-        yuv = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2YUV_I420)
+        yuv = np.asarray(cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2YUV_I420), np.uint8)
         frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
         frame.pts = self.frames_written
         frame.time_base = self._video.codec_context.time_base

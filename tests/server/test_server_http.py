@@ -27,10 +27,11 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from emote.model.assets import default_portrait_path
-from emote.model.errors import OptionError, SignalingError
+from emote.model.errors import OptionError
 from emote.server import tts
 from emote.server.app import create_app
 from emote.server.config import ServerConfig
+from emote.server.errors import SignalingError
 from emote.server.portraits import PortraitInfo
 from emote.streaming.session import (
     PlaybackFinished,

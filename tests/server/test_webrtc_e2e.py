@@ -25,10 +25,10 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, VideoStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from bench.rtc_client import AnswerFn, RtcClient
-from emote.model.errors import SignalingError
 from emote.model.motion.baseline.generator import BaselineGenerator
 from emote.model.motion.baseline.mouth_dynamics import MOUTH_CHANNELS
 from emote.model.motion.interface import COEFF_INDEX, N_COEFFS
+from emote.server.errors import SignalingError
 from emote.server.ice import IceGuard, IcePolicy, rtc_configuration
 from emote.server.tracks import AvatarAudioTrack, AvatarVideoTrack
 from emote.server.webrtc import AvatarPeer
@@ -535,9 +535,12 @@ async def test_real_renderer_streams_the_bundled_portrait() -> None:
 def test_video_bitrate_is_capped_for_every_encoder() -> None:
     from aiortc.codecs import vpx
 
-    from emote.server.video_codec import MAX_VIDEO_BITRATE, tune_video_encoding
+    from emote.server.video_codec import MAX_VIDEO_BITRATE, install_video_encoding
 
-    tune_video_encoding(MAX_VIDEO_BITRATE)
+    install_video_encoding(MAX_VIDEO_BITRATE)
+    install_video_encoding(MAX_VIDEO_BITRATE)  # at start-up, once: again with the same ceiling is harmless
+    with pytest.raises(RuntimeError, match="ceiling"):
+        install_video_encoding(2 * MAX_VIDEO_BITRATE)  # would change every running call
     encoder = vpx.Vp8Encoder()
     encoder.target_bitrate = 2_000_000  # what a receiver's bandwidth estimate asks for over loopback
     assert encoder.target_bitrate == MAX_VIDEO_BITRATE
@@ -552,7 +555,7 @@ def test_vp8_encoder_is_tuned_and_its_video_decodes_faithfully(monkeypatch: pyte
     from aiortc.jitterbuffer import JitterFrame
     from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-    from emote.server.video_codec import MAX_VIDEO_BITRATE, VP8_TUNING, AvatarVp8Encoder, tune_video_encoding
+    from emote.server.video_codec import MAX_VIDEO_BITRATE, VP8_TUNING, AvatarVp8Encoder, install_video_encoding
 
     opened: list[tuple[int, dict[str, str]]] = []  # (bit rate, options) of each libvpx context, before it opens
     real_open = AvatarVp8Encoder._open
@@ -563,7 +566,7 @@ def test_vp8_encoder_is_tuned_and_its_video_decodes_faithfully(monkeypatch: pyte
         return codec
 
     monkeypatch.setattr(AvatarVp8Encoder, "_open", spy_open)
-    tune_video_encoding(MAX_VIDEO_BITRATE)
+    install_video_encoding(MAX_VIDEO_BITRATE)
     params = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
     encoder, decoder = get_encoder(params), get_decoder(params)
     assert isinstance(encoder, AvatarVp8Encoder) and aiortc.codecs.Vp8Encoder is AvatarVp8Encoder

@@ -38,6 +38,7 @@ def _proto_fields(data: bytes) -> dict[int, list[bytes | int]]:
     while pos < len(data):
         key, pos = _read_varint(data, pos)
         number, wire = key >> 3, key & 7
+        value: bytes | int
         if wire == 0:
             value, pos = _read_varint(data, pos)
         elif wire == 2:
@@ -67,7 +68,10 @@ def skin_triangles() -> np.ndarray:
 
     with zipfile.ZipFile(landmarker_task_path()) as task:
         meta = task.read("geometry_pipeline_metadata_landmarks.binarypb")
-    mesh = _proto_fields(_proto_fields(meta)[1][0])  # field 1: canonical_mesh (Mesh3d)
+    canonical_mesh = _proto_fields(meta)[1][0]  # field 1: canonical_mesh (Mesh3d)
+    if not isinstance(canonical_mesh, bytes):
+        raise ValueError("face_landmarker.task: the geometry metadata holds no canonical mesh")
+    mesh = _proto_fields(canonical_mesh)
     indices: list[int] = []
     for item in mesh[4]:  # field 4: index_buffer, uint32 varints, one by one or packed
         if isinstance(item, int):

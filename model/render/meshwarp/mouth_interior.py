@@ -30,7 +30,7 @@ _TOOTH_WIDTHS = np.array([1.0, 0.78, 0.72, 0.62, 0.55, 0.5])
 
 def _polygon_mask(shape: tuple[int, int], points: np.ndarray) -> np.ndarray:
     mask = np.zeros(shape, np.uint8)
-    cv2.fillPoly(mask, [np.round(points[:, :2] * 4).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=2)
+    cv2.fillPoly(mask, [np.round(points[:, :2] * 4).astype(np.int32)], (1,), lineType=cv2.LINE_8, shift=2)
     return mask.astype(bool)
 
 
@@ -118,7 +118,7 @@ def paint_mouth_textures(image: np.ndarray, landmarks: np.ndarray, width: int, s
         width: width of the strip (the atlas width).
         seed: seeds the tiny per-tooth brightness variation.
     """
-    shape = image.shape[:2]
+    shape = (int(image.shape[0]), int(image.shape[1]))
     inner = _polygon_mask(shape, landmarks[INNER_LIPS])
     lips = _polygon_mask(shape, landmarks[OUTER_LIPS]) & ~inner
     eyes = _polygon_mask(shape, landmarks[RIGHT_EYE]) | _polygon_mask(shape, landmarks[LEFT_EYE])

@@ -16,13 +16,17 @@ compiled with numba because it runs once per video frame on the hot path.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numba
 import numpy as np
 
+#: A scalar as the kernels see it: Python floats and numpy float32 alike (numba compiles both).
+Real = float | np.floating[Any]
+
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _clip_span(lo_x: float, hi_x: float, ex: float, ey: float, e: float, py: int) -> tuple[float, float]:
+def _clip_span(lo_x: Real, hi_x: Real, ex: Real, ey: Real, e: Real, py: int) -> tuple[Real, Real]:
     """Narrow the x-span of row ``py`` to where the edge function e + ex*x + ey*y >= 0."""
     base = e + ey * py + 1e-4  # a little slack so shared edges leave no cracks
     if ex > 1e-12:
@@ -36,8 +40,8 @@ def _clip_span(lo_x: float, hi_x: float, ex: float, ey: float, e: float, py: int
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _plane(
-    e0: float, e0x: float, e0y: float, e1: float, e1x: float, e1y: float, qa: float, qb: float, qc: float
-) -> tuple[float, float, float]:
+    e0: Real, e0x: Real, e0y: Real, e1: Real, e1x: Real, e1y: Real, qa: Real, qb: Real, qc: Real
+) -> tuple[Real, Real, Real]:
     """Coefficients (q0, qx, qy) of the attribute plane through the corner values qa, qb, qc."""
     da, db = qa - qc, qb - qc
     return (

@@ -84,7 +84,7 @@ def delaunay(points: np.ndarray) -> np.ndarray:
     subdiv = cv2.Subdiv2D((int(np.floor(lo[0])), int(np.floor(lo[1])), int(np.ceil(hi[0] - lo[0])) + 1,
                            int(np.ceil(hi[1] - lo[1])) + 1))
     subdiv.insert([(float(x), float(y)) for x, y in pts])
-    corners = subdiv.getTriangleList().reshape(-1, 3, 2)
+    corners = np.asarray(subdiv.getTriangleList(), np.float32).reshape(-1, 3, 2)
     # Map corners back to point indices; triangles touching Subdiv2D's outer frame are dropped.
     d = np.linalg.norm(corners[:, :, None, :] - pts[None, None, :, :], axis=3)
     idx = d.argmin(axis=2)
@@ -207,8 +207,9 @@ class MeshWarpPortrait:
             uv=uv, weight=weight, xyz=xyz, tris=by_layer(np.concatenate(tris), all_layers),
             bottom=int(np.sum(all_layers > LAYER_SURROUND)),  # the surround sorts last
             mouth_slice=slice(o_mouth, o_eye),
-            eye_slices=tuple(slice(off, off + len(pts)) for (pts, _, _), off in zip(eyes, eye_offsets, strict=True)),
-            iris=tuple(off + iris for (_, _, iris), off in zip(eyes, eye_offsets, strict=True)),
+            eye_slices=(slice(eye_offsets[0], eye_offsets[0] + len(eyes[0][0])),
+                        slice(eye_offsets[1], eye_offsets[1] + len(eyes[1][0]))),
+            iris=(eye_offsets[0] + eyes[0][2], eye_offsets[1] + eyes[1][2]),
             lids=((np.asarray(RIGHT_UPPER_LID), np.asarray(RIGHT_LOWER_LID), np.asarray(RIGHT_LID_FOLD),
                    _C["eyeBlinkRight"]),
                   (np.asarray(LEFT_UPPER_LID), np.asarray(LEFT_LOWER_LID), np.asarray(LEFT_LID_FOLD),
