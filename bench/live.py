@@ -112,6 +112,7 @@ def utterances(min_seconds: float) -> tuple[list[np.ndarray], list[float]]:
     from scipy.signal import resample_poly
 
     from bench.speech import PARAGRAPHS
+    from emote.model.media.audio_io import pcm16
     from emote.server.tts import synthesize
 
     said: list[np.ndarray] = []
@@ -122,7 +123,7 @@ def utterances(min_seconds: float) -> tuple[list[np.ndarray], list[float]]:
             samples, rate = synthesize(sentence.strip(), words_per_minute=wpm)
             g = np.gcd(16000, rate)
             x = resample_poly(samples.astype(np.float32), 16000 // g, rate // g)
-            said.append(np.clip(np.round(x * 32767), -32768, 32767).astype(np.int16))
+            said.append(pcm16(x))
             pauses.append(PAUSES_S[len(pauses) % len(PAUSES_S)])
             total += len(x) / 16000 + pauses[-1]
             if total >= min_seconds:
@@ -331,7 +332,7 @@ def run_live(quick: bool) -> LiveResults:
     About 2 minutes (40 s with ``quick``); a full run on a busy machine waits up to
     :data:`QUIET_WAIT_S` before each phase for the other processes to quieten.
     """
-    from bench.report import machine_lines
+    from bench.machine import machine_lines
     from emote.model.motion.baseline.generator import LEAD_S
 
     res = LiveResults(quick=quick, netns=in_loopback_namespace(), lead_s=LEAD_S)

@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 from bench.live import QUIET_CORES, QUIET_WAIT_S
-from bench.report import END, START
+from bench.machine import END, START
 
 LIVE_START = "<!-- bench:live:start -->"
 LIVE_END = "<!-- bench:live:end -->"

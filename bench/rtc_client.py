@@ -25,6 +25,7 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from emote.model.media.audio_io import pcm16
 from emote.server.ice import IceGuard, IcePolicy, rtc_configuration
 
 SAMPLE_RATE = 48000
@@ -58,7 +59,7 @@ class PcmSource(MediaStreamTrack):
             n_out = int(round(len(audio) * SAMPLE_RATE / sample_rate))
             audio = np.interp(np.arange(n_out) * (sample_rate / SAMPLE_RATE), np.arange(len(audio)), audio)
         if len(audio):
-            self._pending.append((np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16))
+            self._pending.append(pcm16(audio))
 
     def play_wav(self, path: str | Path) -> None:
         """Queue a sound file (any format PyAV reads), as the pipeline's 16 kHz mono."""

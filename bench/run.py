@@ -33,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.report import machine_lines, render_report, replace_section
+from bench.machine import machine_lines
+from bench.report import render_report, replace_section
 from bench.stages import (
     Timing,
     pinned_render,

@@ -33,8 +33,6 @@ import numpy as np
 from emote.model.errors import DependencyError
 from emote.model.face.tracks import FaceTracks
 
-EMBEDDING_DIM = 128
-SAME_PERSON_THRESHOLD = 0.6
 SHAPE_MODEL = "shape_predictor_5_face_landmarks.dat"
 RESNET_MODEL = "dlib_face_recognition_resnet_model_v1.dat"
 _INSTALL_HINT = "run `make install` (it installs the `eval` extra: dlib-bin and face-recognition-models)"
@@ -108,15 +106,6 @@ class FaceEmbedder:
         self._dlib = dlib
         self._shape = dlib.shape_predictor(str(folder / SHAPE_MODEL))
         self._resnet = dlib.face_recognition_model_v1(str(folder / RESNET_MODEL))
-
-    def keypoints(self, rgb: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-        """The 5 dlib keypoints (two corners of each eye, base of the nose) found inside ``box``.
-
-        Returns:
-            (5, 2) float32 pixels.
-        """
-        shape = self._shape(_as_dlib_image(rgb), self._dlib.rectangle(*box))
-        return np.array([(p.x, p.y) for p in shape.parts()], np.float32)
 
     def embed(
         self,

@@ -45,6 +45,7 @@ from starlette.types import Message, Receive
 
 from emote.model.assets import default_portrait_path
 from emote.model.errors import DependencyError, InputError, OptionError, PortraitError
+from emote.model.media.audio_io import pcm16
 from emote.server import tts
 from emote.server.agent_ws import agent_audio_endpoint
 from emote.server.config import ServerConfig
@@ -301,7 +302,7 @@ def _speakable(text: str) -> bool:
 def _synthesize_pcm16(text: str, voice: str) -> tuple[np.ndarray, int]:
     """Speech for ``text`` as int16 (half the memory of float while it waits in the session's text queue)."""
     samples, rate = tts.synthesize(text, voice=voice)
-    return (np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16), rate
+    return pcm16(samples), rate
 
 
 # -- request bodies ----------------------------------------------------------------------------

@@ -39,11 +39,6 @@ def to_float32(samples: np.ndarray) -> np.ndarray:
     raise ValueError(f"audio samples must be int16 or float, got {samples.dtype}")
 
 
-def to_int16(samples: np.ndarray) -> np.ndarray:
-    """float audio in [-1, 1] as int16 (clipped)."""
-    return (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype(np.int16)
-
-
 class StreamResampler:
     """Converts a continuous mono stream from one rate to another, block by block.
 

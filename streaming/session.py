@@ -37,7 +37,6 @@ never on the event loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -48,13 +47,20 @@ from typing import Any
 
 import numpy as np
 
+from emote.model.media.audio_io import pcm16
 from emote.model.motion.interface import MotionGenerator
 from emote.model.render.interface import FrameRenderer
 from emote.streaming.animator import Animator
 from emote.streaming.clock import Clock, MonotonicClock
 from emote.streaming.playout import AudioOut, FrameEntry, Playout, SessionClosed, TickInfo, VideoOut
-from emote.streaming.resample import StreamResampler, to_int16
-from emote.streaming.session_inputs import RATE, InputQueues, Segment, SpeechCleared
+from emote.streaming.resample import StreamResampler
+from emote.streaming.session_inputs import (
+    RATE,
+    InputQueues,
+    PlaybackFinished,
+    PlaybackStarted,
+    SpeechCleared,
+)
 from emote.streaming.session_stats import LatencyStats, SessionStats
 from emote.streaming.speech_gate import SpeechGate
 
@@ -106,22 +112,6 @@ class SessionConfig:
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"SessionConfig.{name}={getattr(self, name)!r} is out of range")
-
-
-@dataclass(frozen=True)
-class PlaybackStarted:
-    """The first frame of a speech segment is playing."""
-
-    segment_id: int
-
-
-@dataclass(frozen=True)
-class PlaybackFinished:
-    """A speech segment stopped playing: at its end, or ``interrupted`` by :meth:`AvatarSession.clear`."""
-
-    segment_id: int
-    position_s: float
-    interrupted: bool
 
 
 @dataclass(frozen=True)
@@ -246,10 +236,6 @@ class AvatarSession:
         """Call ``listener`` (on the event loop) with every :class:`PlaybackStarted` / :class:`PlaybackFinished`."""
         self._listeners.append(listener)
 
-    def remove_listener(self, listener: Callable[[SessionEvent], None]) -> None:
-        with contextlib.suppress(ValueError):
-            self._listeners.remove(listener)
-
     # -- inputs --------------------------------------------------------------------------------
     def push_microphone(self, samples: np.ndarray, sample_rate: int) -> None:
         """Live caller audio (mono, int16 or float); never blocks, drops the oldest beyond ``max_mic_ms``."""
@@ -275,14 +261,13 @@ class AvatarSession:
 
     def end_of_speech(self) -> None:
         """Close the open segment; :class:`PlaybackFinished` follows once it has played."""
-        seg = self.inputs.end_of_speech()
-        if seg is not None:
-            self._maybe_finish(seg)
+        for event in self.inputs.end_of_speech():
+            self._emit(event)
 
     def clear(self) -> None:
         """Interrupt: drop queued speech, microphone audio and frames now (see the module docstring)."""
-        for seg in self.inputs.clear():
-            self._finish(seg, interrupted=True)
+        for event in self.inputs.clear():
+            self._emit(event)
         self.playout.clear()
         for i, (audio, tick) in enumerate(self._timeline):
             if tick.source == "speech":
@@ -379,36 +364,14 @@ class AvatarSession:
             pos += len(block)
         while self._timeline and self._timeline_start + len(self._timeline[0][0]) <= hi:
             self._timeline_start += len(self._timeline.popleft()[0])
-        return FrameEntry(image=image, audio=to_int16(audio), ticks=tuple(ticks))
+        return FrameEntry(image=image, audio=pcm16(audio), ticks=tuple(ticks))
 
     # -- playback events -----------------------------------------------------------------------
     def _on_play(self, entry: FrameEntry, index: int) -> None:
         if not entry.late and (arrival := entry.arrival) is not None:
             self._latency.add(1000.0 * (self.clock.now() - arrival))
-        for tick in entry.ticks:
-            seg = self.inputs.segments.get(tick.segment) if tick.segment is not None else None
-            if seg is None or seg.finished:
-                continue
-            if not seg.started:
-                seg.started = True
-                self._emit(PlaybackStarted(seg.id))
-            seg.played_seq = max(seg.played_seq, tick.seq)
-            seg.played_s = max(seg.played_s, tick.position_s)
-            self._maybe_finish(seg)
-
-    def _maybe_finish(self, seg: Segment) -> None:
-        if seg.ended and not seg.finished and seg.pending == 0 and seg.played_seq >= seg.last_seq:
-            if not seg.started:  # an empty segment
-                seg.started = True
-                self._emit(PlaybackStarted(seg.id))
-            self._finish(seg, interrupted=False)
-
-    def _finish(self, seg: Segment, *, interrupted: bool) -> None:
-        if seg.finished:
-            return
-        seg.finished = True
-        self.inputs.segments.pop(seg.id, None)
-        self._emit(PlaybackFinished(seg.id, round(seg.played_s, 3), interrupted))
+        for event in self.inputs.played(entry.ticks):
+            self._emit(event)
 
     def _emit(self, event: SessionEvent) -> None:
         for listener in list(self._listeners):

@@ -13,8 +13,10 @@
   audio is skipped (like a receiver's adaptive jitter buffer), so live latency returns to its minimum.
 
 :meth:`InputQueues.take_tick` gives the producer the next 20 ms of the 48 kHz timeline from the
-first source that has it: speech, else microphone, else (when forced) silence. Segment playback
-events are the session's business (:mod:`streaming.session`); this module only counts samples.
+first source that has it: speech, else microphone, else (when forced) silence. The segments are
+this module's alone: it opens, counts, plays and finishes them, and tells the session what happened
+as :class:`PlaybackStarted` / :class:`PlaybackFinished` events (:meth:`InputQueues.played`,
+:meth:`~InputQueues.end_of_speech`, :meth:`~InputQueues.clear`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -40,9 +41,28 @@ class SpeechCleared(Exception):
     called: that speech belongs to the interrupted turn and was dropped."""
 
 
+@dataclass(frozen=True)
+class PlaybackStarted:
+    """The first frame of a speech segment is playing."""
+
+    segment_id: int
+
+
+@dataclass(frozen=True)
+class PlaybackFinished:
+    """A speech segment stopped playing: at its end, or ``interrupted`` by a clear."""
+
+    segment_id: int
+    position_s: float
+    interrupted: bool
+
+
+SegmentEvent = PlaybackStarted | PlaybackFinished
+
+
 @dataclass
 class Segment:
-    """One utterance the avatar says, and how far it has got."""
+    """One utterance the avatar says, and how far it has got (changed only by :class:`InputQueues`)."""
 
     id: int
     pending: int = 0  # samples queued, not yet taken into ticks
@@ -56,24 +76,39 @@ class Segment:
     resampler: StreamResampler | None = None
 
 
-def take_samples(fifo: deque[list[Any]], out: np.ndarray, tag: object) -> tuple[int, float | None]:
-    """Fill ``out`` from the front of a FIFO of ``[tag, samples, arrival]`` blocks, stopping at a block
-    with another tag (a speech segment's end); returns how many samples were taken and the arrival
-    time of the newest block they came from (the audio a tick first shows: its latency counts from
-    there, not from the tail of an older block the tick starts with)."""
+@dataclass
+class QueuedAudio:
+    """A block of 48 kHz audio waiting to become ticks.
+
+    Attributes:
+        segment: the utterance it belongs to; None for microphone audio.
+        samples: (N,) float32 at 48 kHz; what is left of the block (its front is taken first).
+        arrival: when it arrived, on the media clock.
+    """
+
+    segment: Segment | None
+    samples: np.ndarray
+    arrival: float
+
+
+def take_samples(fifo: deque[QueuedAudio], out: np.ndarray, segment: Segment | None) -> tuple[int, float | None]:
+    """Fill ``out`` from the front of a FIFO, stopping at a block of another segment (a segment's end);
+    returns how many samples were taken and the arrival time of the newest block they came from (the
+    audio a tick first shows: its latency counts from there, not from the tail of an older block the
+    tick starts with)."""
     filled = 0
     newest = None
-    while filled < len(out) and fifo and fifo[0][0] is tag:
-        block = fifo[0][1]
-        n = min(len(out) - filled, len(block))
-        out[filled : filled + n] = block[:n]
+    while filled < len(out) and fifo and fifo[0].segment is segment:
+        block = fifo[0]
+        n = min(len(out) - filled, len(block.samples))
+        out[filled : filled + n] = block.samples[:n]
         filled += n
         if n:
-            newest = fifo[0][2]
-        if n == len(block):
+            newest = block.arrival
+        if n == len(block.samples):
             fifo.popleft()
         else:
-            fifo[0][1] = block[n:]
+            block.samples = block.samples[n:]
     return filled, newest
 
 
@@ -90,12 +125,12 @@ class InputQueues:
         self.clock = clock
         self.max_speech_samples = max_speech_s * RATE
         self.max_mic_samples = int(max_mic_ms * RATE / 1000)
-        self.speech: deque[list[Any]] = deque()  # [segment, float32 samples at 48 kHz, arrival time]
+        self.speech: deque[QueuedAudio] = deque()
         self.speech_samples = 0
         self.segments: dict[int, Segment] = {}
         self.open: Segment | None = None
         self._next_segment = 1
-        self.mic: deque[list[Any]] = deque()  # [None, float32 samples at 48 kHz, arrival time]
+        self.mic: deque[QueuedAudio] = deque()
         self.mic_samples = 0
         self._mic_in: StreamResampler | None = None
         self._mic_debt = 0  # samples of arriving microphone audio to skip (latency adaptation)
@@ -118,7 +153,7 @@ class InputQueues:
         if self._mic_debt:  # the timeline runs late (see adapt_mic_latency): skip some caller audio
             skip = min(self._mic_debt, len(block))
             block, self._mic_debt = block[skip:], self._mic_debt - skip
-        self.mic.append([None, block, self.clock.now()])
+        self.mic.append(QueuedAudio(None, block, self.clock.now()))
         self.mic_samples += len(block)
         excess = self.mic_samples - self.max_mic_samples
         if excess > 0:  # live audio is only useful now: drop the oldest
@@ -168,30 +203,61 @@ class InputQueues:
         self._queue_speech(seg, seg.resampler.process(x))
         return seg.id
 
-    def end_of_speech(self) -> Segment | None:
-        """Close the open segment (its resampler's tail is queued); returns it, or None if none was open."""
+    def end_of_speech(self) -> list[SegmentEvent]:
+        """Close the open segment (its resampler's tail is queued); returns the events that follows at
+        once (a segment that has already played out, or was empty, finishes now)."""
         seg, self.open = self.open, None
         if seg is None:
-            return None
+            return []
         if seg.resampler is not None:
             self._queue_speech(seg, seg.resampler.flush())
         seg.ended = True
         self.arrived.set()
-        return seg
+        return self._finish_if_done(seg)
+
+    def played(self, ticks: tuple[TickInfo, ...]) -> list[SegmentEvent]:
+        """A frame showing ``ticks`` is playing: the playback events of their segments."""
+        events: list[SegmentEvent] = []
+        for tick in ticks:
+            seg = self.segments.get(tick.segment) if tick.segment is not None else None
+            if seg is None or seg.finished:
+                continue
+            if not seg.started:
+                seg.started = True
+                events.append(PlaybackStarted(seg.id))
+            seg.played_seq = max(seg.played_seq, tick.seq)
+            seg.played_s = max(seg.played_s, tick.position_s)
+            events += self._finish_if_done(seg)
+        return events
+
+    def _finish_if_done(self, seg: Segment) -> list[SegmentEvent]:
+        if not (seg.ended and not seg.finished and seg.pending == 0 and seg.played_seq >= seg.last_seq):
+            return []
+        events: list[SegmentEvent] = []
+        if not seg.started:  # an empty segment
+            seg.started = True
+            events.append(PlaybackStarted(seg.id))
+        return events + [self._finish(seg, interrupted=False)]
+
+    def _finish(self, seg: Segment, *, interrupted: bool) -> PlaybackFinished:
+        seg.finished = True
+        self.segments.pop(seg.id, None)
+        return PlaybackFinished(seg.id, round(seg.played_s, 3), interrupted)
 
     def _queue_speech(self, seg: Segment, block: np.ndarray) -> None:
         if len(block):
-            self.speech.append([seg, block, self.clock.now()])
+            self.speech.append(QueuedAudio(seg, block, self.clock.now()))
             self.speech_samples += len(block)
             seg.pending += len(block)
             self.arrived.set()
 
     # -- both ----------------------------------------------------------------------------------
-    def clear(self) -> list[Segment]:
-        """Drop all queued speech and microphone audio; returns the segments that were unfinished."""
+    def clear(self) -> list[SegmentEvent]:
+        """Drop all queued speech and microphone audio; every unfinished segment finishes, interrupted."""
         self.open = None
         self.clears += 1
-        unfinished = list(self.segments.values())
+        events: list[SegmentEvent] = [self._finish(seg, interrupted=True) for seg in list(self.segments.values())
+                                      if not seg.finished]
         self.segments.clear()
         self.speech.clear()
         self.speech_samples = 0
@@ -199,7 +265,7 @@ class InputQueues:
         self.mic_samples = 0
         self.drained.set()
         self.arrived.set()
-        return unfinished
+        return events
 
     def close(self) -> None:
         self.closed = True
@@ -214,7 +280,8 @@ class InputQueues:
         """The next 20 ms of the timeline from the first source that has it (``force``: silence if none)."""
         seq = self.seq
         if self.speech:
-            seg: Segment = self.speech[0][0]
+            seg = self.speech[0].segment
+            assert seg is not None
             if seg.pending >= TICK or seg.ended or force:
                 audio = np.zeros(TICK, np.float32)
                 filled, newest = take_samples(self.speech, audio, seg)

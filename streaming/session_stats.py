@@ -13,7 +13,7 @@ is not latency. The last ``capacity`` values are kept.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -64,6 +64,3 @@ class SessionStats:
     latency_ms_p50: float | None
     latency_ms_p95: float | None
     latency_samples: int
-
-    def as_dict(self) -> dict[str, float | int | None]:
-        return asdict(self)

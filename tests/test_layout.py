@@ -112,3 +112,36 @@ def test_modules_stay_readable() -> None:
     for path in _python_files(*PARTS):
         lines = len(path.read_text().splitlines())
         assert lines <= 600, f"{path.relative_to(ROOT)} has {lines} lines: split it"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    return f"emote.{name}" if parts[0] in PARTS else name
+
+
+def test_no_import_cycles() -> None:
+    """Between the project's modules, counting imports inside functions too (a lazy import still couples)."""
+    paths = _python_files(*PARTS, "bench")
+    graph = {_module_name(p): set() for p in paths}
+    for path in paths:
+        for imported in _modules(path):
+            while imported and imported not in graph:  # ``from a.b import c`` names module a.b (or a)
+                imported = imported.rpartition(".")[0]
+            if imported and imported != _module_name(path) and not _module_name(path).startswith(imported + "."):
+                graph[_module_name(path)].add(imported)
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycle = trail[trail.index(nxt):] + [nxt]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt, trail + [nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])

@@ -175,25 +175,3 @@ def face_tracks(path: str | Path, max_frames: int | None = None) -> FaceTracks:
     if not len(tracks):
         raise InputError(f"{path}: no video frames could be decoded; give a talking video")
     return tracks
-
-
-def procrustes_residual(points: np.ndarray, reference: np.ndarray) -> float:
-    """Mean distance (pixels of ``reference``) left after the best 2-D similarity fit of points onto reference.
-
-    Removes position, size and in-plane rotation, so what remains is a change of shape.
-    """
-    a = np.asarray(points, np.float64)[:, :2]
-    b = np.asarray(reference, np.float64)[:, :2]
-    ok = np.isfinite(a).all(axis=1)
-    a, b = a[ok], b[ok]
-    ca, cb = a.mean(axis=0), b.mean(axis=0)
-    a0, b0 = a - ca, b - cb
-    u, s, vt = np.linalg.svd(a0.T @ b0)
-    rot = u @ vt
-    if np.linalg.det(rot) < 0:  # no mirror images
-        u[:, -1] *= -1
-        s[-1] *= -1
-        rot = u @ vt
-    scale = s.sum() / max((a0**2).sum(), 1e-12)
-    fitted = scale * a0 @ rot + cb
-    return float(np.linalg.norm(fitted - b, axis=1).mean())

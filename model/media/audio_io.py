@@ -329,6 +329,21 @@ def load_audio_16k(path: str | Path) -> np.ndarray:
     return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
 
 
+def pcm16(samples: np.ndarray) -> np.ndarray:
+    """float audio in [-1, 1] as int16 PCM: clipped, then rounded to the nearest step (int16 passes through).
+
+    The one float-to-PCM conversion of the project (files, live tracks, speech queues, benchmarks):
+    rounding, not truncation, so that silence stays exactly 0 and the error is at most half a step.
+
+    Args:
+        samples: (N,) float or int16 samples.
+    """
+    samples = np.asarray(samples)
+    if samples.dtype == np.int16:
+        return samples
+    return np.round(np.clip(samples.astype(np.float64), -1.0, 1.0) * 32767.0).astype(np.int16)
+
+
 def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int) -> None:
     """Write mono samples as a 16-bit PCM WAV file.
 
@@ -340,8 +355,7 @@ def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int) -> None:
     samples = np.asarray(samples)
     if samples.ndim != 1:
         raise ValueError(f"write_wav takes mono (N,) samples, got shape {samples.shape}")
-    if samples.dtype != np.int16:
-        samples = np.round(np.clip(samples.astype(np.float64), -1.0, 1.0) * 32767.0).astype(np.int16)
+    samples = pcm16(samples)
     with wave.open(str(path), "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)

@@ -17,7 +17,7 @@ import pytest
 from bench.live import gc_summary
 from bench.live_report import LIVE_END, LIVE_START, keep_live, max_sessions, replace_live
 from bench.live_stats import av_offset, encode_summary, mouth_box, summarize_call
-from bench.report import END, START
+from bench.machine import END, START
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -93,9 +93,6 @@ def test_landmark_box_gives_the_embedding_of_dlibs_own_detector(embedder: FaceEm
     assert inter / (area - inter) > 0.6
     from_hog = embedder.embed(a.image, box=hog_box)
     assert identity_distance(from_hog, embedder.embed(a.image, a.landmarks)) < 0.15
-    points = embedder.keypoints(a.image, ours)
-    assert points.shape == (5, 2)
-    assert (points[:, 0] > ours[0]).all() and (points[:, 0] < ours[2]).all()
 
 
 def test_face_box_convention() -> None:

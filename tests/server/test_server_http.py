@@ -225,11 +225,28 @@ async def test_health_and_unknown_routes_answer_json(app_client: Any) -> None:
 
 @pytest.mark.asyncio
 async def test_index_serves_the_web_client(app_client: Any) -> None:
+    from emote.server.app import WEB_CLIENT_DIR
+
     _, client, _ = app_client
     response = await client.get("/")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
-    assert "<html" in response.text.lower() or "emote" in response.text.lower()
+    assert response.text == (WEB_CLIENT_DIR / "index.html").read_text()  # the page itself, byte for byte
+    assert "missing" not in response.text  # not the fallback page
+    script = await client.get("/static/app.js")
+    assert script.status_code == 200 and script.text == (WEB_CLIENT_DIR / "app.js").read_text()
+
+
+@pytest.mark.asyncio
+async def test_a_missing_web_client_gets_a_page_that_says_so(app_client: Any, monkeypatch: pytest.MonkeyPatch,
+                                                             tmp_path: Path) -> None:
+    from emote.server import app as app_module
+
+    monkeypatch.setattr(app_module, "WEB_CLIENT_DIR", tmp_path / "gone")
+    _, client, _ = app_client
+    response = await client.get("/")
+    assert response.status_code == 200 and "web client" in response.text and "missing" in response.text
+    assert "/openapi.json" in response.text
 
 
 @pytest.mark.asyncio

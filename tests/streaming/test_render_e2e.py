@@ -19,7 +19,7 @@ import pytest
 
 from emote.model.face.framing import frame_portrait
 from emote.model.face.portrait import analyze_portrait
-from emote.model.face.tracks import FaceTracks, face_tracks, procrustes_residual
+from emote.model.face.tracks import FaceTracks, face_tracks
 from emote.model.media.audio_io import load_audio_16k, write_wav
 from emote.server.cli import main as emote_main
 
@@ -27,6 +27,28 @@ tts = pytest.importorskip("emote.server.tts")
 
 FPS = 25
 GAP_S = 1.2
+
+
+def procrustes_residual(points: np.ndarray, reference: np.ndarray) -> float:
+    """Mean distance (pixels of ``reference``) left after the best 2-D similarity fit of points onto reference.
+
+    Removes position, size and in-plane rotation, so what remains is a change of shape.
+    """
+    a = np.asarray(points, np.float64)[:, :2]
+    b = np.asarray(reference, np.float64)[:, :2]
+    ok = np.isfinite(a).all(axis=1)
+    a, b = a[ok], b[ok]
+    ca, cb = a.mean(axis=0), b.mean(axis=0)
+    a0, b0 = a - ca, b - cb
+    u, s, vt = np.linalg.svd(a0.T @ b0)
+    rot = u @ vt
+    if np.linalg.det(rot) < 0:  # no mirror images
+        u[:, -1] *= -1
+        s[-1] *= -1
+        rot = u @ vt
+    scale = s.sum() / max((a0**2).sum(), 1e-12)
+    fitted = scale * a0 @ rot + cb
+    return float(np.linalg.norm(fitted - b, axis=1).mean())
 
 
 @pytest.fixture(scope="module")

@@ -346,3 +346,18 @@ def test_source_is_reusable(media: Path) -> None:
     second = np.concatenate([p.mono16k for p in source.chunks()])
     np.testing.assert_array_equal(first, second)
     assert os.fspath(source.path).endswith("tone.flac")
+
+
+def test_pcm16_scales_rounds_and_clips() -> None:
+    from emote.model.media.audio_io import pcm16
+
+    x = np.array([-2.0, -1.0, -0.5, 0.0, 1e-6, 0.5, 1.0, 3.0], np.float32)
+    out = pcm16(x)
+    assert out.dtype == np.int16
+    np.testing.assert_array_equal(out, [-32767, -32767, -16384, 0, 0, 16384, 32767, 32767])
+    assert pcm16(np.array([0.99999], np.float32))[0] == 32767  # rounds: truncation would give 32766
+    ints = np.array([5, -7], np.int16)
+    assert pcm16(ints) is ints  # already PCM
+    # Round trip keeps a tone to within half a quantisation step.
+    t = np.sin(2 * np.pi * 440 * np.arange(960) / 48000).astype(np.float32) * 0.9
+    np.testing.assert_allclose(pcm16(t) / 32767.0, t, atol=0.51 / 32767)
