@@ -30,7 +30,7 @@ run: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/emote demo -o out/demo.mp4
 
-# Debian's Chromium drives the real-browser end-to-end test (tests/test_browser_e2e.py).
+# Debian's Chromium drives the real-browser end-to-end test (tests/web_client/test_browser_e2e.py).
 CHROMIUM := /usr/lib/chromium/chromium
 $(CHROMIUM):
 	@if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
