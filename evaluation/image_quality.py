@@ -28,8 +28,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from emote.evaluation.identity import evenly_spaced
 from emote.model.errors import DependencyError
+from emote.model.face.identity import evenly_spaced
 from emote.model.face.tracks import FaceTracks
 
 CROP_SIDE = 256

@@ -92,8 +92,8 @@ def _video_metrics(
     ``frames`` are the measured frames (``tracks`` was computed on them); ``matte`` and the
     ``reference`` identity embedding belong to the portrait.
     """
-    from emote.evaluation.identity import identity_drift
     from emote.evaluation.image_quality import video_brisque
+    from emote.model.face.identity import identity_drift
 
     n = len(tracks)
     angles = em.head_pose_curves(tracks.landmarks)
@@ -131,7 +131,7 @@ def evaluate_video(
     Raises:
         EmoteError: the video cannot be used (the caller records it and goes on).
     """
-    from emote.evaluation.identity import FaceEmbedder
+    from emote.model.face.identity import FaceEmbedder
     from emote.model.face.portrait import analyze_portrait
     from emote.model.media.voice_activity import voice_activity
 

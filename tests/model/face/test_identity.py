@@ -16,19 +16,19 @@ import numpy as np
 import pytest
 import skimage.data
 
-from emote.evaluation import identity
-from emote.evaluation.identity import (
+from emote.model.errors import DependencyError
+from emote.model.face import identity
+from emote.model.face.identity import (
     FaceEmbedder,
     evenly_spaced,
     face_box_from_landmarks,
     identity_distance,
     identity_drift,
 )
-from emote.model.errors import DependencyError
 from emote.model.face.portrait import PortraitAnalysis, analyze_portrait
 from emote.model.face.tracks import FaceTracks
 
-HOPPER = Path(__file__).resolve().parents[2] / "model" / "assets" / "default_portrait.jpg"
+HOPPER = Path(__file__).resolve().parents[3] / "model" / "assets" / "default_portrait.jpg"
 
 
 def _astronaut_variants() -> dict[str, np.ndarray]:

@@ -1,6 +1,8 @@
-"""Face identity: does the generated face stay the person in the portrait?
+"""Face identity: who a face is, as a 128-d embedding; does a generated face stay that person?
 
-The identity term of the evaluation. dlib's 128-d face-recognition ResNet (the
+Evaluation asks whether the generated face stays the person in the portrait, and dataset building
+asks which clips show the same person (a validation split must keep people apart). dlib's 128-d
+face-recognition ResNet (the
 files of ``face_recognition_models``, installed by the ``eval`` extra; nothing
 is downloaded) turns a face into an embedding whose Euclidean distance to
 another face's embedding says how alike the two people look: about 0.2-0.4
