@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from emote.model.errors import DependencyError, EmoteError, InputError, MultipleFacesWarning
+from emote.model.errors import DependencyError, EmoteError, InputError, MultipleFacesWarning, OptionError
 
 if TYPE_CHECKING:
     from emote.server.config import ServerConfig
@@ -103,6 +103,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_motion_option(ev, several=True)
     ev.add_argument("--portrait", default=None, help="animate this image instead of each video's first frame")
     ev.add_argument("--seed", type=int, default=0, help="random seed of the generators")
+    data = sub.add_parser("dataset", help="measure real talking videos into a training set (motion + audio), "
+                                          "split by person")
+    data.add_argument("videos", nargs="+", metavar="VIDEO_OR_FOLDER", help="talking videos, or folders of them")
+    data.add_argument("-o", "--output", required=True, help="dataset folder (created, or added to)")
+    data.add_argument("--people", default=None, metavar="JSON",
+                      help="a JSON object {video file name: person}; unnamed videos are grouped by face")
+    tr = sub.add_parser("train", help="train the diffusion motion model (teacher, then a one-step student) on a "
+                                      "dataset built by `emote dataset`")
+    tr.add_argument("dataset", help="the dataset folder")
+    tr.add_argument("-o", "--output", required=True,
+                    help="folder for teacher/, student/, metrics.json and curves.png")
+    tr.add_argument("--teacher-steps", type=int, default=None, help="optimiser steps of the teacher (default 8000)")
+    tr.add_argument("--student-steps", type=int, default=None, help="optimiser steps of the student (default 4000)")
+    tr.add_argument("--pairs", type=int, default=None, help="teacher samples for distillation (default 20000)")
+    tr.add_argument("--seed", type=int, default=0, help="random seed of the run (default 0)")
     serve = sub.add_parser("serve", help="run the live server: a talking avatar over WebRTC, web client at /")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
     serve.add_argument("--port", type=int, default=8080, help="port for HTTP and WebSocket (default 8080, 0 = any)")
@@ -127,6 +142,56 @@ def _eval(args: argparse.Namespace) -> None:
                                 progress=lambda msg: print(msg, file=sys.stderr))
     print(summary)
     print(f"per-video metrics, side-by-side videos and contact sheets are in {Path(args.out).resolve()}")
+
+
+def _dataset(args: argparse.Namespace) -> None:
+    import json
+
+    from emote.model.motion.diffusion.dataset import build_dataset
+
+    people = None
+    if args.people:
+        try:
+            people = json.loads(Path(args.people).read_text())
+        except (OSError, ValueError) as exc:
+            raise OptionError(f"--people {args.people}: cannot be read as JSON ({exc}); give a file with "
+                              '{"video.mp4": "person name", ...}') from None
+        if not isinstance(people, dict) or not all(isinstance(v, str) for v in people.values()):
+            raise OptionError(f"--people {args.people}: must be a JSON object of file name -> person name")
+    records = build_dataset(args.videos, args.output, people=people,
+                            progress=lambda line: print(line, file=sys.stderr, flush=True))
+    ok = [r for r in records if r.status == "ok"]
+    split = json.loads((Path(args.output) / "split.json").read_text())["people"]
+    sides = {side: sorted(p for p, e in split.items() if e["side"] == side) for side in ("train", "validation")}
+    minutes = {side: sum(r.frames for r in ok if split.get(r.person, {}).get("side") == side) / 25 / 60
+               for side in sides}
+    print(f"{len(ok)} of {len(records)} videos used; train: {len(sides['train'])} people, {minutes['train']:.1f} min; "
+          f"validation: {len(sides['validation'])} people, {minutes['validation']:.1f} min "
+          f"(split.json in {Path(args.output).resolve()})")
+
+
+def _train(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    import torch
+
+    from emote.model.motion.diffusion.train import TrainConfig, train
+
+    options: dict[str, int] = {"seed": args.seed}
+    for name in ("teacher_steps", "student_steps", "pairs"):
+        value = getattr(args, name)
+        if value is not None:
+            if value < 1:
+                raise OptionError(f"--{name.replace('_', '-')} {value}: give a positive number")
+            options[name] = value
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    started = time.perf_counter()
+    metrics = train(args.dataset, args.output, dataclasses.replace(TrainConfig(), **options),
+                    progress=lambda line: print(line, file=sys.stderr, flush=True))
+    best = min(metrics["student"], key=lambda row: row["sample_loss"])
+    print(f"trained in {(time.perf_counter() - started) / 60:.1f} min; student: validation jawOpen r "
+          f"{best['jaw_r']:.3f}, sample loss {best['sample_loss']:.4f}; weights in "
+          f"{Path(args.output).resolve() / 'student'}")
 
 
 def _render(portrait: str, audio: str, args: argparse.Namespace) -> None:
@@ -251,6 +316,10 @@ def main(argv: list[str] | None = None) -> int:
             _demo(args)
         elif args.command == "eval":
             _eval(args)
+        elif args.command == "dataset":
+            _dataset(args)
+        elif args.command == "train":
+            _train(args)
         elif args.command == "serve":
             _serve(args)
     except InputError as exc:

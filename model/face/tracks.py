@@ -35,12 +35,15 @@ class FaceTracks:
         fps: the video's frame rate.
         transforms: (T, 4, 4) float32 MediaPipe's facial transformation matrices (camera frame:
             x right, y up, z towards the viewer), or None when not measured.
+        faces: (T,) int16 how many faces were found in each frame (up to ``max_faces`` of
+            :func:`measure_frames`), or None when not counted.
     """
 
     landmarks: np.ndarray
     coeffs: np.ndarray
     fps: float
     transforms: np.ndarray | None = None
+    faces: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.landmarks.shape[0])
@@ -70,21 +73,29 @@ class FaceTracks:
         return (self.coeffs[:, COEFF_INDEX["eyeBlinkLeft"]] + self.coeffs[:, COEFF_INDEX["eyeBlinkRight"]]) / 2
 
 
-def measure_frames(frames: Iterable[np.ndarray], fps: float) -> FaceTracks:
-    """Track the largest face through RGB frames ((H, W, 3) uint8 each; any iterable, consumed once)."""
+def measure_frames(frames: Iterable[np.ndarray], fps: float, *, max_faces: int = 1) -> FaceTracks:
+    """Track the largest face through RGB frames ((H, W, 3) uint8 each; any iterable, consumed once).
+
+    Args:
+        frames: the video's frames.
+        fps: their frame rate.
+        max_faces: how many faces to look for; with more than one, ``FaceTracks.faces`` counts the
+            faces in each frame (a second person in the picture) and the largest is measured.
+    """
     import mediapipe as mp
     from mediapipe.tasks.python import BaseOptions, vision
 
     options = vision.FaceLandmarkerOptions(
         base_options=BaseOptions(model_asset_path=landmarker_task_path()),
         running_mode=vision.RunningMode.VIDEO,
-        num_faces=1,
+        num_faces=max_faces,
         output_face_blendshapes=True,
         output_facial_transformation_matrixes=True,
     )
     missing = (np.full((478, 3), np.nan, np.float32), np.full(N_COEFFS, np.nan, np.float32),
                np.full((4, 4), np.nan, np.float32))
     rows = []
+    counts = []
     with quiet_native_logs():
         tracker = vision.FaceLandmarker.create_from_options(options)
     try:
@@ -92,19 +103,23 @@ def measure_frames(frames: Iterable[np.ndarray], fps: float) -> FaceTracks:
             h, w = frame.shape[:2]
             image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(frame))
             result = tracker.detect_for_video(image, int(round(i * 1000.0 / fps)))
+            counts.append(len(result.face_landmarks))
             if not result.face_landmarks:
                 rows.append(missing)
                 continue
-            pts = np.array([(p.x * w, p.y * h, p.z * w) for p in result.face_landmarks[0]], np.float32)
-            named = coeffs_from_named({c.category_name: c.score for c in result.face_blendshapes[0]})
-            rows.append((pts, named, np.asarray(result.facial_transformation_matrixes[0], np.float32)))
+            faces = [np.array([(p.x * w, p.y * h, p.z * w) for p in face], np.float32)
+                     for face in result.face_landmarks]
+            k = int(np.argmax([np.prod(np.ptp(f[:, :2], axis=0)) for f in faces]))  # the largest
+            named = coeffs_from_named({c.category_name: c.score for c in result.face_blendshapes[k]})
+            rows.append((faces[k], named, np.asarray(result.facial_transformation_matrixes[k], np.float32)))
     finally:
         tracker.close()
     if not rows:
         return FaceTracks(np.zeros((0, 478, 3), np.float32), np.zeros((0, N_COEFFS), np.float32), fps,
-                          np.zeros((0, 4, 4), np.float32))
+                          np.zeros((0, 4, 4), np.float32), np.zeros(0, np.int16))
     landmarks, coeffs, transforms = (np.stack(column) for column in zip(*rows, strict=True))
-    return FaceTracks(landmarks=landmarks, coeffs=coeffs, fps=fps, transforms=transforms)
+    return FaceTracks(landmarks=landmarks, coeffs=coeffs, fps=fps, transforms=transforms,
+                      faces=np.array(counts, np.int16))
 
 
 def iter_video_frames(path: str | Path, max_frames: int | None = None) -> tuple[Iterator[np.ndarray], float]:
@@ -164,14 +179,14 @@ def read_video_frames(path: str | Path, max_frames: int | None = None) -> tuple[
     return frames, fps
 
 
-def face_tracks(path: str | Path, max_frames: int | None = None) -> FaceTracks:
+def face_tracks(path: str | Path, max_frames: int | None = None, *, max_faces: int = 1) -> FaceTracks:
     """Measure the face in every frame of a video file (frames are decoded as they are measured).
 
     Raises:
         InputError: the file cannot be read as a video, or holds no frames.
     """
     frames, fps = iter_video_frames(path, max_frames)
-    tracks = measure_frames(frames, fps)
+    tracks = measure_frames(frames, fps, max_faces=max_faces)
     if not len(tracks):
         raise InputError(f"{path}: no video frames could be decoded; give a talking video")
     return tracks

@@ -18,6 +18,7 @@ from emote.model.motion.interface import MotionGenerator
 GENERATORS: dict[str, str] = {
     "baseline": "emote.model.motion.baseline.generator:BaselineGenerator",
     "still": "emote.model.motion.still:StillGenerator",
+    "diffusion": "emote.model.motion.diffusion.generator:DiffusionGenerator",
 }
 DEFAULT_GENERATOR = next(iter(GENERATORS))
 

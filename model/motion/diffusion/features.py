@@ -1,0 +1,91 @@
+"""What the learned motion model hears: log-mel, energy, voicing and pitch on an absolute 10 ms grid.
+
+Hop ``k`` is centred on stream sample ``160 k`` (16 kHz) and analyses a 25 ms Hann window, the grid
+of the analytic baseline (:mod:`~emote.model.motion.baseline.audio_features`), so a hop's features
+depend only on the audio around it: offline and live give the same numbers however the stream was
+cut. Per hop: :data:`N_MELS` log-mel bands (Slaney mel scale, 50 Hz to 8 kHz; the filterbank comes
+from ``transformers``' audio utilities when a model is trained and travels with its weights, so
+running a model needs neither ``transformers`` nor a download), log energy, voicing strength and
+log pitch. Nothing is normalised per utterance: a frame never depends on audio far away (Whisper's
+feature extractor scales by the loudest point of the whole input, which a live stream does not know).
+
+A video frame at 25 fps spans 4 hops; the model sees the 4 hops of each frame side by side
+(:func:`frame_features`, :data:`FRAME_DIM` numbers per frame). Frame ``f`` starts at sample
+``640 f``; its hops are ``4 f .. 4 f + 3``, centred at ``640 f + 160 j`` (j = 0..3), so a frame's
+features read from 200 samples before it starts to 40 samples after it ends.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from emote.model.motion.baseline.audio_features import HALF_WIN, HOP, WIN, _periodicity, hop_frames
+
+SAMPLE_RATE = 16000
+FPS = 25.0
+HOPS_PER_FRAME = 4
+N_FFT = 512
+N_MELS = 40
+F_MIN, F_MAX = 50.0, 8000.0
+HOP_DIM = N_MELS + 3
+FRAME_DIM = HOPS_PER_FRAME * HOP_DIM
+#: Audio a frame's features need beyond its own 40 ms: half an analysis window on each side.
+MARGIN_SAMPLES = HALF_WIN
+_WINDOW = np.hanning(WIN).astype(np.float32)
+assert SAMPLE_RATE / FPS == HOP * HOPS_PER_FRAME
+
+
+def mel_matrix() -> np.ndarray:
+    """(N_FFT // 2 + 1, N_MELS) float32 Slaney mel filterbank (from ``transformers``; training only)."""
+    from transformers.audio_utils import mel_filter_bank
+
+    bank = mel_filter_bank(num_frequency_bins=N_FFT // 2 + 1, num_mel_filters=N_MELS, min_frequency=F_MIN,
+                           max_frequency=F_MAX, sampling_rate=SAMPLE_RATE, norm="slaney", mel_scale="slaney")
+    return np.asarray(bank, np.float32)
+
+
+def hop_features(samples: np.ndarray, first_sample: int, first_hop: int, n_hops: int, mel: np.ndarray) -> np.ndarray:
+    """(n_hops, HOP_DIM) float32 features of hops ``first_hop ..``: log-mel, log energy, voicing, log pitch.
+
+    Args:
+        samples: (N,) float32 16 kHz audio; ``samples[0]`` is stream sample ``first_sample``. Hops
+            reaching before the stream start read zeros there (the caller pads).
+        first_sample: stream index of ``samples[0]``.
+        first_hop: the first hop (centred on sample ``160 * first_hop``).
+        n_hops: how many.
+        mel: the filterbank of the model (:func:`mel_matrix`).
+    """
+    if n_hops <= 0:
+        return np.zeros((0, HOP_DIM), np.float32)
+    frames = hop_frames(samples, first_sample, first_hop, n_hops).astype(np.float32)
+    power = np.abs(np.fft.rfft(frames * _WINDOW, n=N_FFT, axis=1)) ** 2
+    log_mel = np.log(power @ mel + 1e-8)
+    energy = np.log(np.mean(frames * frames, axis=1) + 1e-8)
+    voicing, pitch = _periodicity(frames)
+    log_pitch = np.where(pitch > 0, np.log(np.maximum(pitch, 1.0) / 100.0), 0.0)
+    return np.concatenate([log_mel, energy[:, None], voicing[:, None], log_pitch[:, None]], axis=1).astype(np.float32)
+
+
+def frame_first_hop(frame: int) -> int:
+    """The first of the :data:`HOPS_PER_FRAME` hops that describe video frame ``frame`` (at 25 fps)."""
+    return HOPS_PER_FRAME * frame
+
+
+def frame_features(samples: np.ndarray, first_sample: int, first_frame: int, n_frames: int,
+                   mel: np.ndarray) -> np.ndarray:
+    """(n_frames, FRAME_DIM) features of 25 fps frames ``first_frame ..`` from a buffer of audio.
+
+    The buffer must hold the frames' audio plus :data:`MARGIN_SAMPLES` on each side; samples outside
+    the stream are zeros.
+    """
+    hops = hop_features(samples, first_sample, frame_first_hop(first_frame), HOPS_PER_FRAME * n_frames, mel)
+    return hops.reshape(n_frames, FRAME_DIM)
+
+
+def clip_features(audio: np.ndarray, n_frames: int, mel: np.ndarray) -> np.ndarray:
+    """(n_frames, FRAME_DIM) features of a whole clip whose frame 0 starts at sample 0 (training)."""
+    audio = np.asarray(audio)
+    x = audio.astype(np.float32) / 32768.0 if np.issubdtype(audio.dtype, np.integer) else audio.astype(np.float32)
+    padded = np.concatenate([np.zeros(MARGIN_SAMPLES + HOP, np.float32), x,
+                             np.zeros(MARGIN_SAMPLES + HOP * HOPS_PER_FRAME * 2, np.float32)])
+    return frame_features(padded, -(MARGIN_SAMPLES + HOP), 0, n_frames, mel)

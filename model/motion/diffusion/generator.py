@@ -1,0 +1,183 @@
+"""The ``diffusion`` motion generator: the distilled student, run on a fixed block schedule.
+
+The model works on a 25 fps grid in blocks of ``emit_frames`` (2) frames. Each block is one window
+of the denoiser: the last ``carried`` (8) frames it made before (EMO's motion frames, kept in the
+state), then the block, then a provisional future it throws away. Audio features are real up to
+``lookahead_frames`` (1) frame beyond the block and the learned null audio after that; noise is
+seeded by (seed, block number), so the motion depends only on the audio and the seed, never on how
+it arrived. One denoiser call per block (the student was distilled to one step with guidance
+folded in).
+
+Windows: the generator asks for windows of ``emit_frames`` frames with the audio of its carried
+frames as context and ``lookahead_frames`` of lookahead; at 25 fps each window is exactly one block,
+so a live call waits for 2 frames plus 1 frame of lookahead (120 ms) before the first frame of a
+block can be made. At other frame rates (evaluation renders real videos at their own rate) frames
+are interpolated between the model's, which are made as soon as a window needs them with the audio
+that window holds.
+
+The weights (``config.json`` + ``model.safetensors``) are loaded once per process and shared by every
+generator; running needs torch and safetensors, not diffusers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emote.model.errors import DependencyError
+from emote.model.motion.diffusion.features import FPS, FRAME_DIM, HOP, MARGIN_SAMPLES, frame_features
+from emote.model.motion.interface import N_COEFFS, N_POSE, AudioWindow, MotionChunk
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "motion_diffusion"
+SAMPLE_RATE = 16000
+_FRAME_SAMPLES = int(SAMPLE_RATE / FPS)
+
+
+@dataclass(frozen=True)
+class DiffusionState:
+    """What the generator carries from window to window.
+
+    Attributes:
+        seed: the random seed (noise of block b comes from (seed, b)).
+        rest: (52,) the portrait's coefficients.
+        next_frame: the next output frame expected.
+        model_frames: 25 fps frames made so far.
+        carried: (carried, D) the last model frames, normalised, as the denoiser continues from them.
+    """
+
+    seed: int
+    rest: np.ndarray
+    next_frame: int
+    model_frames: int
+    carried: np.ndarray
+
+
+@functools.lru_cache(maxsize=4)
+def load_model(folder: str) -> tuple[Any, dict[str, Any]]:
+    """The denoiser and its config from a weights folder (loaded once per process)."""
+    try:
+        import torch  # noqa: F401
+
+        from emote.model.motion.diffusion.denoiser import MotionDenoiser
+    except ImportError as exc:  # pragma: no cover - torch is a core dependency
+        raise DependencyError(f"the diffusion motion model needs torch ({exc}); run `make install`") from exc
+    path = Path(folder)
+    if not (path / "model.safetensors").is_file():
+        raise DependencyError(f"{path}: no trained motion model there (model.safetensors is missing); train one "
+                              "with `make train` or choose --motion baseline")
+    model, config = MotionDenoiser.load(path)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, config
+
+
+class DiffusionGenerator:
+    """A :class:`~emote.model.motion.interface.MotionGenerator` driven by the distilled motion model.
+
+    Args:
+        weights: folder with ``config.json`` and ``model.safetensors`` (default: the shipped model).
+    """
+
+    name = "diffusion"
+    cut_invariant = False
+
+    def __init__(self, weights: str | Path | None = None) -> None:
+        self.model, config = load_model(str(Path(weights or DEFAULT_WEIGHTS).resolve()))
+        cfg = self.model.cfg
+        gen = config.get("generator", {})
+        self.emit = int(gen.get("emit_frames", 2))
+        self.lookahead = int(gen.get("lookahead_frames", 1))
+        self.carried = cfg.carried
+        self.window_frames = self.emit
+        self.overlap_frames = cfg.carried
+        # Audio of the carried frames before the window, of the lookahead after it, and the analysis margins.
+        self.context_ms = 1000.0 * (cfg.carried * _FRAME_SAMPLES + MARGIN_SAMPLES) / SAMPLE_RATE
+        self.lookahead_ms = 1000.0 * (self.lookahead * _FRAME_SAMPLES + MARGIN_SAMPLES) / SAMPLE_RATE
+        m = self.model
+        self._mean, self._std = m.motion_mean.numpy(), m.motion_std.numpy()
+        self._audio_mean, self._audio_std = m.audio_mean.numpy(), m.audio_std.numpy()
+        self._mel = m.mel.numpy()
+        self._active = m.active.numpy().astype(np.int64)
+        assert self._audio_mean.shape == (FRAME_DIM,)
+
+    def initial_state(self, rest: np.ndarray, seed: int) -> DiffusionState:
+        rest = np.asarray(rest, np.float32).copy()
+        portrait = ((np.zeros(self._mean.shape) - self._mean) / self._std).astype(np.float32)
+        return DiffusionState(seed=int(seed), rest=rest, next_frame=0, model_frames=0,
+                              carried=np.repeat(portrait[None], self.carried, axis=0))
+
+    def generate(self, window: AudioWindow, state: DiffusionState) -> tuple[MotionChunk, DiffusionState]:
+        if window.start_frame != state.next_frame:
+            raise ValueError(f"window starts at frame {window.start_frame}, expected {state.next_frame}")
+        if window.sample_rate != SAMPLE_RATE:
+            raise ValueError(f"the diffusion model needs {SAMPLE_RATE} Hz audio, got {window.sample_rate}")
+        n = window.n_frames
+        times = (window.start_frame + np.arange(n)) / window.fps  # seconds
+        need = int(np.ceil(times[-1] * FPS - 1e-9)) + 1 if n else state.model_frames
+        made: list[np.ndarray] = []  # normalised model frames made in this call, from state.model_frames on
+        st = state
+        while st.model_frames + len(made) < need:
+            made += list(self._block(window, st, st.model_frames + len(made), made))
+        history = np.concatenate([st.carried, np.array(made, np.float32).reshape(-1, self._mean.shape[0])])
+        first = st.model_frames + len(made) - len(history)  # model frame of history[0]
+        raw = history * self._std + self._mean
+        pose = np.zeros((n, N_POSE), np.float32)
+        coeffs = np.repeat(st.rest[None], n, axis=0)
+        if n:
+            pos = times * FPS - first
+            i0 = np.clip(np.floor(pos).astype(int), 0, len(raw) - 1)
+            i1 = np.clip(i0 + 1, 0, len(raw) - 1)
+            frac = (pos - np.floor(pos))[:, None].astype(np.float32)
+            v = raw[i0] * (1 - frac) + raw[i1] * frac
+            pose[:] = v[:, :N_POSE]
+            pose[:, 5] = np.exp(v[:, 5])
+            coeffs[:, self._active] = np.clip(st.rest[self._active] + v[:, N_POSE:], 0.0, 1.0)
+        new_state = dataclasses.replace(st, next_frame=window.start_frame + n,
+                                        model_frames=st.model_frames + len(made),
+                                        carried=history[-self.carried :].copy())
+        return MotionChunk(window.start_frame, window.fps, pose, coeffs.astype(np.float32)), new_state
+
+    def _noise(self, seed: int, block_start: int) -> np.ndarray:
+        digest = hashlib.sha256(f"{seed}:{block_start}".encode()).digest()
+        rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+        return rng.standard_normal((self.model.cfg.frames, self._mean.shape[0])).astype(np.float32)
+
+    def _block(self, window: AudioWindow, st: DiffusionState, m0: int, made: list[np.ndarray]) -> np.ndarray:
+        """The next ``emit`` normalised model frames, starting at 25 fps frame ``m0``."""
+        import torch
+
+        cfg = self.model.cfg
+        k, s_len = cfg.carried, cfg.frames
+        history = np.concatenate([st.carried, np.array(made, np.float32).reshape(-1, self._mean.shape[0])])
+        carried = np.zeros((s_len, self._mean.shape[0]), np.float32)
+        carried[:k] = history[-k:]
+        known = np.zeros(s_len, np.float32)
+        known[:k] = 1.0
+        frames = m0 - k + np.arange(s_len)  # 25 fps frame of each position
+        # Which frames' audio this window holds (features read MARGIN_SAMPLES around a frame).
+        last = window.first_sample + len(window.samples)
+        ok = (frames * _FRAME_SAMPLES + _FRAME_SAMPLES + MARGIN_SAMPLES <= last) & (
+            frames * _FRAME_SAMPLES - MARGIN_SAMPLES >= window.first_sample)
+        has_audio = ok & (frames < m0 + self.emit + self.lookahead)
+        audio = np.zeros((s_len, FRAME_DIM), np.float32)
+        use = np.flatnonzero(has_audio | ok)
+        if len(use):
+            lo, hi = int(use[0]), int(use[-1]) + 1
+            feats = frame_features(window.samples, window.first_sample, int(frames[lo]), hi - lo, self._mel)
+            audio[lo:hi] = (feats - self._audio_mean) / self._audio_std
+        noise = self._noise(st.seed, m0)
+        with torch.inference_mode():
+            x0 = self.model(torch.from_numpy(noise[None]), torch.full((1,), 999, dtype=torch.long),
+                            torch.from_numpy(carried[None]), torch.from_numpy(known[None]),
+                            torch.from_numpy(audio[None]), torch.from_numpy(has_audio[None].astype(np.float32)),
+                            torch.from_numpy(st.rest[None]))[0].numpy()
+        return x0[k : k + self.emit]
+
+
+assert HOP * 4 == _FRAME_SAMPLES and N_COEFFS == 52
