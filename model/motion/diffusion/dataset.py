@@ -184,6 +184,17 @@ def make_split(records: list[VideoRecord], previous: dict[str, Any] | None) -> d
             raise InputError(f"person {person!r} has videos on both sides of the existing split.json (now grouped "
                              "as one person); delete split.json to split again, or name people with --people")
         entry["side"] = sides.pop() if sides else _side(person)
+    # People of videos not given this time keep their entries (without the videos regrouped above).
+    seen = {sha for entry in people.values() for sha in entry["videos"]}
+    for person, entry in (previous or {}).get("people", {}).items():
+        rest = [sha for sha in entry["videos"] if sha not in seen]
+        if not rest:
+            continue
+        kept = people.setdefault(person, {"side": entry["side"], "videos": []})
+        if kept["side"] != entry["side"]:
+            raise InputError(f"person {person!r} is on both sides of the existing split.json; delete split.json "
+                             "to split again, or name people with --people")
+        kept["videos"] += rest
     return {"version": INDEX_VERSION, "validation_share": VALIDATION_SHARE, "people": dict(sorted(people.items()))}
 
 
@@ -245,9 +256,6 @@ def build_dataset(
         r.person = person.get(r.sha, "")
     previous = json.loads(split_path.read_text()) if split_path.exists() else None
     split = make_split(records, previous)
-    if previous:  # people of videos not given this time keep their entries
-        for name, entry in previous.get("people", {}).items():
-            split["people"].setdefault(name, entry)
     _write_json(index_path, [asdict(r) for r in {**known, **{r.sha: r for r in records}}.values()])
     _write_json(split_path, split)
     return records

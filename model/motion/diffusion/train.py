@@ -188,7 +188,7 @@ def _fit(model: MotionDenoiser, steps: int, cfg: TrainConfig, next_batch: Callab
         with torch.no_grad():
             for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
                 p_ema.lerp_(p, 1.0 - cfg.ema)
-        window.append(float(loss))
+        window.append(float(loss.detach()))
         if (step + 1) % cfg.validate_every == 0 or step + 1 == steps:
             metrics = check(ema)
             row = {"step": step + 1, "train_loss": float(np.mean(window)), **metrics,

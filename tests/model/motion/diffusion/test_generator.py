@@ -1,0 +1,101 @@
+"""The diffusion generator on a tiny random model: the block schedule, seeded noise, any frame rate, and
+the state it carries. (The registered model with trained weights also runs the generator contract suite.)"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from emote.model.motion.diffusion.generator import DiffusionGenerator
+from emote.model.motion.interface import COEFF_INDEX, N_COEFFS, MotionChunk
+from emote.streaming.animator import MotionStream
+from tests._fixtures import chunked
+from tests.model.motion.diffusion._tiny import save_tiny
+
+REST = np.full(N_COEFFS, 0.05, np.float32)
+
+
+@pytest.fixture(scope="module")
+def generator(tmp_path_factory: pytest.TempPathFactory) -> DiffusionGenerator:
+    return DiffusionGenerator(save_tiny(tmp_path_factory.mktemp("tiny")))
+
+
+def talk(seconds: float = 3.0) -> np.ndarray:
+    t = np.arange(int(seconds * 16000)) / 16000
+    return (0.3 * np.sin(2 * np.pi * 160 * t) * (np.sin(2 * np.pi * 2.5 * t) > 0)).astype(np.float32)
+
+
+def run(generator: DiffusionGenerator, audio: np.ndarray, chunk: int | list[int], *, fps: float = 25.0,
+        seed: int = 0, merge_frames: int | None = None) -> MotionChunk:
+    stream = MotionStream(generator, REST, fps=fps, seed=seed, merge_frames=merge_frames)
+    out = []
+    for piece in chunked(audio, chunk):
+        out += stream.push(piece)
+    return MotionChunk.concat(out + stream.finish())
+
+
+def test_declares_its_block_schedule(generator: DiffusionGenerator) -> None:
+    assert generator.window_frames == 2 and generator.overlap_frames == 4 and not generator.cut_invariant
+    # The carried frames' audio and half an analysis window: 4 x 40 + 12.5 ms; one frame of lookahead + 12.5 ms.
+    assert generator.context_ms == pytest.approx(172.5) and generator.lookahead_ms == pytest.approx(52.5)
+    stream = MotionStream(generator, REST, fps=25.0, merge_frames=25)
+    assert stream.windower.window_frames == 2  # offline may not merge: it would change the motion
+
+
+@pytest.mark.parametrize("fps", [25.0, 30.0, 29.97, 12.0])
+def test_same_motion_however_the_audio_arrives_at_any_frame_rate(generator: DiffusionGenerator, fps: float) -> None:
+    x = talk()
+    whole = run(generator, x, len(x), fps=fps)
+    assert len(whole) == round(3.0 * fps)
+    for chunk in (160, [1, 4000, 333]):
+        part = run(generator, x, chunk, fps=fps)
+        np.testing.assert_array_equal(part.coeffs, whole.coeffs)
+        np.testing.assert_array_equal(part.pose, whole.pose)
+
+
+def test_other_rates_sample_the_25_fps_motion(generator: DiffusionGenerator) -> None:
+    """The model runs on its own 25 fps grid; other rates show its frames (here 12.5 fps: every other one,
+    made with the same audio, since each window reaches past the blocks it needs)."""
+    x = talk()
+    m25 = run(generator, x, 1600, fps=25.0)
+    m12 = run(generator, x, 1600, fps=12.5)
+    jaw = COEFF_INDEX["jawOpen"]
+    np.testing.assert_allclose(m12.coeffs[:-2, jaw], m25.coeffs[::2][: len(m12) - 2, jaw], atol=1e-5)
+    np.testing.assert_allclose(m12.pose[:-2], m25.pose[::2][: len(m12) - 2], atol=1e-5)
+
+
+def test_the_seed_changes_the_motion_and_only_it(generator: DiffusionGenerator) -> None:
+    x = talk()
+    a, b = run(generator, x, 800, seed=1), run(generator, x, 800, seed=2)
+    assert np.abs(a.coeffs - b.coeffs).max() > 1e-4
+    np.testing.assert_array_equal(run(generator, x, 3200, seed=1).coeffs, a.coeffs)
+
+
+def test_state_is_explicit_and_unchanged_by_generate(generator: DiffusionGenerator) -> None:
+    stream = MotionStream(generator, REST, fps=25.0)
+    windows = stream.windower.push(talk(1.0))
+    state = generator.initial_state(REST, 0)
+    _, after = generator.generate(windows[0], state)
+    assert after.model_frames == 2 and after.next_frame == 2 and state.model_frames == 0
+    assert after.carried.shape == state.carried.shape and not np.array_equal(after.carried, state.carried)
+    with pytest.raises(ValueError, match="expected 2"):
+        generator.generate(windows[0], after)
+    with pytest.raises(ValueError, match="16000 Hz"):
+        generator.generate(dataclasses.replace(windows[1], sample_rate=8000), after)
+
+
+def test_untouched_coefficients_keep_the_portraits_values(generator: DiffusionGenerator) -> None:
+    motion = run(generator, talk(1.0), 1600)
+    moved = np.flatnonzero(np.abs(motion.coeffs - REST).max(axis=0) > 0)
+    assert set(moved) <= set(generator._active.tolist())
+    assert motion.coeffs.min() >= 0 and motion.coeffs.max() <= 1
+
+
+def test_missing_weights_are_a_clear_error(tmp_path: Path) -> None:
+    from emote.model.errors import DependencyError
+
+    with pytest.raises(DependencyError, match="make train"):
+        DiffusionGenerator(tmp_path)

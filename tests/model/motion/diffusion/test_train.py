@@ -1,0 +1,118 @@
+"""Training on this CPU: a tiny model's loss falls, the sampling loop is seeded, and a whole (tiny) run
+writes a teacher and a student that the generator loads, with the run's config, curves and metrics."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from emote.model.motion.diffusion.clips import Clip
+from emote.model.motion.diffusion.denoiser import MotionDenoiser
+from emote.model.motion.diffusion.features import clip_features, mel_matrix
+from emote.model.motion.diffusion.generator import DiffusionGenerator
+from emote.model.motion.diffusion.train import TrainConfig, _schedulers, _tensors, sample, train, window_loss
+from emote.model.motion.diffusion.windows import WindowSampler, prepare_all, statistics
+from emote.model.motion.interface import COEFF_INDEX
+from tests.model.motion.diffusion._tiny import TINY
+
+
+def synthetic_clip(seconds: float, seed: int) -> Clip:
+    """A 'speaker' whose jaw opens with the loudness of a buzzing voice, head swaying slowly."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * 25)
+    level = (np.sin(np.arange(n) * 2 * np.pi / rng.uniform(8, 14)) > 0).astype(np.float32)
+    t = np.arange(n * 640) / 16000
+    audio = 0.3 * np.sin(2 * np.pi * 150 * t) * np.repeat(level, 640) + 0.003 * rng.standard_normal(len(t))
+    coeffs = np.full((n, 52), 0.05, np.float32)
+    coeffs[:, COEFF_INDEX["jawOpen"]] = 0.05 + 0.3 * level
+    coeffs[:, COEFF_INDEX["eyeBlinkLeft"]] = coeffs[:, COEFF_INDEX["eyeBlinkRight"]] = 0.1 + 0.05 * rng.random(n)
+    pose = np.zeros((n, 6), np.float32)
+    pose[:, 0] = 3 * np.sin(np.arange(n) / 20 + seed)
+    pose[:, 5] = 1.0
+    return Clip(pose, coeffs, (audio * 32767).astype(np.int16))
+
+
+@pytest.fixture(scope="module")
+def sampler() -> WindowSampler:
+    mel = mel_matrix()
+    silence = clip_features(np.zeros(640, np.float32), 1, mel)[0]
+    copies = prepare_all([synthetic_clip(6.0, s) for s in range(3)], mel, seed=0, copies=2)
+    active, *norm = statistics(copies, silence)
+    cfg = replace(TINY, motion_dim=6 + len(active))
+    return WindowSampler(copies, cfg, active, tuple(norm), silence)  # type: ignore[arg-type]
+
+
+def test_a_few_steps_lower_the_loss(sampler: WindowSampler) -> None:
+    torch.manual_seed(0)
+    model = MotionDenoiser(sampler.cfg)
+    ddpm, _ = _schedulers()
+    batch = _tensors(sampler.batch(np.random.default_rng(0), 32))
+    noise = torch.randn(batch["target"].shape, generator=torch.Generator().manual_seed(1))
+    t = torch.randint(0, 1000, (32,), generator=torch.Generator().manual_seed(2))
+    noisy = ddpm.add_noise(batch["target"], noise, t)
+
+    def loss() -> torch.Tensor:
+        return window_loss(model(noisy, t, batch["carried"], batch["known"], batch["audio"], batch["has_audio"],
+                                 batch["rest"]), batch, sampler.cfg.carried)
+
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    before = float(loss().detach())
+    for _ in range(60):
+        opt.zero_grad()
+        value = loss()
+        value.backward()
+        opt.step()
+    assert float(loss().detach()) < 0.7 * before
+
+
+def test_windows_are_what_the_generator_builds(sampler: WindowSampler) -> None:
+    rng = np.random.default_rng(3)
+    w = sampler.window(rng, clip=0, start=0, boundary=3, augment=False)
+    k = sampler.cfg.carried
+    np.testing.assert_allclose(w["carried"][:k], sampler.delta(np.r_[np.zeros(6), w["rest"]][None], w["rest"])
+                               .repeat(k, 0), atol=1e-6)  # the stream start: the portrait itself
+    assert w["known"][:k].all() and not w["known"][k:].any()
+    assert w["has_audio"][: k + 3].all() and not w["has_audio"][k + 3 :].any()
+    assert (w["weight"][:k] == 0).all() and (w["weight"][k : k + 3] == 2).all()
+
+
+def test_the_sampling_loop_is_seeded_and_guided(sampler: WindowSampler) -> None:
+    model = MotionDenoiser(sampler.cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    b = _tensors(sampler.batch(np.random.default_rng(0), 4, augment=False))
+    noise = torch.randn(b["target"].shape, generator=torch.Generator().manual_seed(0))
+    a = sample(model, b, noise, steps=5, guidance=2.0)
+    assert a.shape == b["target"].shape and torch.equal(a, sample(model, b, noise, steps=5, guidance=2.0))
+    assert not torch.equal(a, sample(model, b, noise, steps=5, guidance=1.0))
+    assert not torch.equal(a, sample(model, b, noise + 0.1, steps=5, guidance=2.0))
+
+
+def test_a_whole_tiny_run_writes_models_the_generator_loads(dataset, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    folder, records, _ = dataset
+    split = json.loads((folder / "split.json").read_text())
+    people = sorted(split["people"])
+    for k, person in enumerate(people):  # one person on each side, whatever the hash said
+        split["people"][person]["side"] = "validation" if k == 0 else "train"
+    data = tmp_path / "dataset"
+    data.mkdir()
+    (data / "split.json").write_text(json.dumps(split))
+    (data / "clips").symlink_to(folder / "clips")
+    cfg = TrainConfig(batch=16, teacher_steps=12, student_steps=6, pairs=32, audio_copies=2, validate_every=6,
+                      sample_steps=3)
+    net = replace(TINY, width=32)
+    metrics = train(data, tmp_path / "run", cfg, net)
+    for name in ("teacher", "student"):
+        assert [row["step"] for row in metrics[name]] == ([6, 12] if name == "teacher" else [6])
+        assert (tmp_path / "run" / name / "model.safetensors").is_file()
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 10_000
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["config"]["teacher_steps"] == 12 and saved["student"][0]["jaw_r"] == metrics["student"][0]["jaw_r"]
+    generator = DiffusionGenerator(tmp_path / "run" / "student")
+    assert generator.window_frames == 2 and generator.model.cfg.width == 32
