@@ -188,9 +188,9 @@ def _train(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     metrics = train(args.dataset, args.output, dataclasses.replace(TrainConfig(), **options),
                     progress=lambda line: print(line, file=sys.stderr, flush=True))
-    best = min(metrics["student"], key=lambda row: row["sample_loss"])
+    last = metrics["student"][-1]
     print(f"trained in {(time.perf_counter() - started) / 60:.1f} min; student: validation jawOpen r "
-          f"{best['jaw_r']:.3f}, sample loss {best['sample_loss']:.4f}; weights in "
+          f"{last['jaw_r']:.3f}, one-step loss {last['sample_loss']:.4f}; weights in "
           f"{Path(args.output).resolve() / 'student'}")
 
 

@@ -49,6 +49,10 @@ class DiffusionState:
         next_frame: the next output frame expected.
         model_frames: 25 fps frames made so far.
         carried: (carried, D) the last model frames, normalised, as the denoiser continues from them.
+        features: (carried, A) normalised audio features of the 25 fps frames just before
+            ``model_frames`` (a frame's features depend only on the audio around it, so they are
+            computed once; frames of the lookahead are not kept: an interruption may still silence them).
+        features_valid: (carried,) bool, which rows of ``features`` hold features.
     """
 
     seed: int
@@ -56,6 +60,8 @@ class DiffusionState:
     next_frame: int
     model_frames: int
     carried: np.ndarray
+    features: np.ndarray
+    features_valid: np.ndarray
 
 
 @functools.lru_cache(maxsize=4)
@@ -110,7 +116,9 @@ class DiffusionGenerator:
         rest = np.asarray(rest, np.float32).copy()
         portrait = ((np.zeros(self._mean.shape) - self._mean) / self._std).astype(np.float32)
         return DiffusionState(seed=int(seed), rest=rest, next_frame=0, model_frames=0,
-                              carried=np.repeat(portrait[None], self.carried, axis=0))
+                              carried=np.repeat(portrait[None], self.carried, axis=0),
+                              features=np.zeros((self.carried, FRAME_DIM), np.float32),
+                              features_valid=np.zeros(self.carried, bool))
 
     def generate(self, window: AudioWindow, state: DiffusionState) -> tuple[MotionChunk, DiffusionState]:
         if window.start_frame != state.next_frame:
@@ -120,12 +128,15 @@ class DiffusionGenerator:
         n = window.n_frames
         times = (window.start_frame + np.arange(n)) / window.fps  # seconds
         need = int(np.ceil(times[-1] * FPS - 1e-9)) + 1 if n else state.model_frames
-        made: list[np.ndarray] = []  # normalised model frames made in this call, from state.model_frames on
         st = state
-        while st.model_frames + len(made) < need:
-            made += list(self._block(window, st, st.model_frames + len(made), made))
-        history = np.concatenate([st.carried, np.array(made, np.float32).reshape(-1, self._mean.shape[0])])
-        first = st.model_frames + len(made) - len(history)  # model frame of history[0]
+        made = 0  # model frames made in this call
+        history = st.carried
+        features, valid = st.features, st.features_valid
+        while st.model_frames + made < need:
+            block, features, valid = self._block(window, st, st.model_frames + made, history, features, valid)
+            history = np.concatenate([history, block])
+            made += len(block)
+        first = st.model_frames + made - len(history)  # model frame of history[0]
         raw = history * self._std + self._mean
         pose = np.zeros((n, N_POSE), np.float32)
         coeffs = np.repeat(st.rest[None], n, axis=0)
@@ -138,9 +149,9 @@ class DiffusionGenerator:
             pose[:] = v[:, :N_POSE]
             pose[:, 5] = np.exp(v[:, 5])
             coeffs[:, self._active] = np.clip(st.rest[self._active] + v[:, N_POSE:], 0.0, 1.0)
-        new_state = dataclasses.replace(st, next_frame=window.start_frame + n,
-                                        model_frames=st.model_frames + len(made),
-                                        carried=history[-self.carried :].copy())
+        new_state = dataclasses.replace(st, next_frame=window.start_frame + n, model_frames=st.model_frames + made,
+                                        carried=history[-self.carried :].copy(), features=features,
+                                        features_valid=valid)
         return MotionChunk(window.start_frame, window.fps, pose, coeffs.astype(np.float32)), new_state
 
     def _noise(self, seed: int, block_start: int) -> np.ndarray:
@@ -148,13 +159,14 @@ class DiffusionGenerator:
         rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
         return rng.standard_normal((self.model.cfg.frames, self._mean.shape[0])).astype(np.float32)
 
-    def _block(self, window: AudioWindow, st: DiffusionState, m0: int, made: list[np.ndarray]) -> np.ndarray:
-        """The next ``emit`` normalised model frames, starting at 25 fps frame ``m0``."""
+    def _block(self, window: AudioWindow, st: DiffusionState, m0: int, history: np.ndarray, cached: np.ndarray,
+               valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The next ``emit`` normalised model frames from 25 fps frame ``m0`` on, and the feature cache for
+        the block after (features of the ``carried`` frames before ``m0 + emit``)."""
         import torch
 
         cfg = self.model.cfg
         k, s_len = cfg.carried, cfg.frames
-        history = np.concatenate([st.carried, np.array(made, np.float32).reshape(-1, self._mean.shape[0])])
         carried = np.zeros((s_len, self._mean.shape[0]), np.float32)
         carried[:k] = history[-k:]
         known = np.zeros(s_len, np.float32)
@@ -164,11 +176,12 @@ class DiffusionGenerator:
         last = window.first_sample + len(window.samples)
         ok = (frames * _FRAME_SAMPLES + _FRAME_SAMPLES + MARGIN_SAMPLES <= last) & (
             frames * _FRAME_SAMPLES - MARGIN_SAMPLES >= window.first_sample)
-        has_audio = ok & (frames < m0 + self.emit + self.lookahead)
+        has_audio = (ok | np.r_[valid, np.zeros(s_len - k, bool)]) & (frames < m0 + self.emit + self.lookahead)
         audio = np.zeros((s_len, FRAME_DIM), np.float32)
-        use = np.flatnonzero(has_audio | ok)
-        if len(use):
-            lo, hi = int(use[0]), int(use[-1]) + 1
+        audio[:k][valid] = cached[valid]
+        todo = np.flatnonzero(has_audio & ~np.r_[valid, np.zeros(s_len - k, bool)])
+        if len(todo):
+            lo, hi = int(todo[0]), int(todo[-1]) + 1
             feats = frame_features(window.samples, window.first_sample, int(frames[lo]), hi - lo, self._mel)
             audio[lo:hi] = (feats - self._audio_mean) / self._audio_std
         noise = self._noise(st.seed, m0)
@@ -177,7 +190,8 @@ class DiffusionGenerator:
                             torch.from_numpy(carried[None]), torch.from_numpy(known[None]),
                             torch.from_numpy(audio[None]), torch.from_numpy(has_audio[None].astype(np.float32)),
                             torch.from_numpy(st.rest[None]))[0].numpy()
-        return x0[k : k + self.emit]
+        keep = slice(self.emit, k + self.emit)  # positions of the frames before the next block's m0
+        return x0[k : k + self.emit], audio[keep].copy(), has_audio[keep].copy()
 
 
 assert HOP * 4 == _FRAME_SAMPLES and N_COEFFS == 52
