@@ -122,6 +122,12 @@ def _video_metrics(
     return out
 
 
+def generator_label(motion: str) -> str:
+    """The row name of a generator: its name, or ``NAME-FOLDER`` for ``NAME=path/to/FOLDER``."""
+    base, _, folder = motion.partition("=")
+    return f"{base}-{Path(folder).name}" if folder else base
+
+
 def evaluate_video(
     video: Path, out_dir: Path, generators: list[str], *, portrait: Path | None = None, seed: int = 0,
     progress: ProgressFn | None = None,
@@ -166,10 +172,11 @@ def evaluate_video(
     measured: dict[str, list[np.ndarray]] = {"real": shrink(real), CALIBRATION: shrink(reencoded)}
     del real, reencoded
     speeds: dict[str, float] = {}
-    for name in generators:
+    for motion in generators:
+        name = generator_label(motion)
         out = folder / f"{name}.mp4"
         say(f"{video.name}: rendering with {name}")
-        stats = render_file(portrait, video, out, fps=fps, full_frame=True, seed=seed, motion=name)
+        stats = render_file(portrait, video, out, fps=fps, full_frame=True, seed=seed, motion=motion)
         speeds[name] = 1000.0 * stats.render_s / max(stats.frames, 1)
         measured[name] = shrink(read_video_frames(out)[0])
         report.files[name] = str(out)

@@ -9,6 +9,7 @@ numba, a learned model brings torch. A generator is built fresh for each caller.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
 
 from emote.model.errors import OptionError
@@ -21,6 +22,8 @@ GENERATORS: dict[str, str] = {
     "diffusion": "emote.model.motion.diffusion.generator:DiffusionGenerator",
 }
 DEFAULT_GENERATOR = next(iter(GENERATORS))
+#: Generators with trained weights: ``NAME=FOLDER`` runs them with other weights (``emote train``'s output).
+LEARNED = frozenset({"diffusion"})
 
 
 def generator_names() -> list[str]:
@@ -29,18 +32,33 @@ def generator_names() -> list[str]:
 
 
 def check_generator_name(name: str) -> str:
-    """``name`` if it is registered, else an :class:`OptionError` that lists the choices."""
-    if name not in GENERATORS:
+    """``name`` if it is registered (or ``NAME=FOLDER`` of a learned one whose folder exists), else an
+    :class:`OptionError` that says what to choose."""
+    base, _, folder = name.partition("=")
+    if base not in GENERATORS:
         raise OptionError(f"--motion {name!r}: unknown motion generator; choose one of {', '.join(GENERATORS)}")
+    if folder:
+        if base not in LEARNED:
+            raise OptionError(f"--motion {name!r}: {base} has no weights to choose; only {', '.join(sorted(LEARNED))} "
+                              "takes NAME=FOLDER")
+        if not (Path(folder) / "config.json").is_file():
+            raise OptionError(f"--motion {name!r}: {folder} holds no trained model (config.json); give the "
+                              "student/ or teacher/ folder that `emote train` wrote")
     return name
 
 
 def make_generator(name: str = DEFAULT_GENERATOR) -> MotionGenerator[Any]:
     """A new generator by name.
 
+    Args:
+        name: a registered name, or ``NAME=FOLDER`` for a learned generator with other weights.
+
     Raises:
-        OptionError: no generator is registered under ``name``.
+        OptionError: no generator is registered under ``name`` (or its folder holds no model).
+        DependencyError: a learned generator whose weights are not installed.
     """
-    module, _, cls = GENERATORS[check_generator_name(name)].partition(":")
-    generator: MotionGenerator[Any] = getattr(importlib.import_module(module), cls)()
+    base, _, folder = check_generator_name(name).partition("=")
+    module, _, cls = GENERATORS[base].partition(":")
+    factory = getattr(importlib.import_module(module), cls)
+    generator: MotionGenerator[Any] = factory(folder) if folder else factory()
     return generator

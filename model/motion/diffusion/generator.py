@@ -64,6 +64,23 @@ class DiffusionState:
     features_valid: np.ndarray
 
 
+@functools.lru_cache(maxsize=1)
+def alphas_cumprod(steps: int = 1000) -> np.ndarray:
+    """(steps,) float64 cumulative signal share of the cosine noise schedule ("squaredcos_cap_v2", the
+    one the model was trained with), computed as diffusers computes it."""
+
+    def alpha_bar(t: float) -> float:
+        return float(np.cos((t + 0.008) / 1.008 * np.pi / 2) ** 2)
+
+    betas = [min(1 - alpha_bar((i + 1) / steps) / alpha_bar(i / steps), 0.999) for i in range(steps)]
+    return np.cumprod(1.0 - np.array(betas))
+
+
+def ddim_timesteps(steps: int, train_steps: int = 1000) -> list[int]:
+    """DDIM's timesteps with "trailing" spacing (the first is always pure noise): 999, ..., for ``steps``."""
+    return [int(t) for t in np.round(np.arange(train_steps, 0, -train_steps / steps)).astype(np.int64) - 1]
+
+
 @functools.lru_cache(maxsize=4)
 def load_model(folder: str) -> tuple[Any, dict[str, Any]]:
     """The denoiser and its config from a weights folder (loaded once per process)."""
@@ -99,6 +116,9 @@ class DiffusionGenerator:
         gen = config.get("generator", {})
         self.emit = int(gen.get("emit_frames", 2))
         self.lookahead = int(gen.get("lookahead_frames", 1))
+        sampling = config.get("sampling", {})
+        self.steps = int(sampling.get("steps", 1))  # 1: the distilled student; more: the teacher (DDIM)
+        self.guidance = float(sampling.get("guidance", 1.0))
         self.carried = cfg.carried
         self.window_frames = self.emit
         self.overlap_frames = cfg.carried
@@ -184,14 +204,34 @@ class DiffusionGenerator:
             lo, hi = int(todo[0]), int(todo[-1]) + 1
             feats = frame_features(window.samples, window.first_sample, int(frames[lo]), hi - lo, self._mel)
             audio[lo:hi] = (feats - self._audio_mean) / self._audio_std
-        noise = self._noise(st.seed, m0)
-        with torch.inference_mode():
-            x0 = self.model(torch.from_numpy(noise[None]), torch.full((1,), 999, dtype=torch.long),
-                            torch.from_numpy(carried[None]), torch.from_numpy(known[None]),
-                            torch.from_numpy(audio[None]), torch.from_numpy(has_audio[None].astype(np.float32)),
-                            torch.from_numpy(st.rest[None]))[0].numpy()
+        inputs = [torch.from_numpy(a[None]) for a in (carried, known, audio, has_audio.astype(np.float32), st.rest)]
+        x0 = self.sample(self._noise(st.seed, m0), *inputs)
         keep = slice(self.emit, k + self.emit)  # positions of the frames before the next block's m0
         return x0[k : k + self.emit], audio[keep].copy(), has_audio[keep].copy()
+
+
+    def sample(self, noise: np.ndarray, carried: Any, known: Any, audio: Any, has_audio: Any, rest: Any) -> np.ndarray:
+        """(S, D) clean motion of one window from seeded noise: one step for the student; DDIM with
+        classifier-free guidance for a teacher (the sampler it was validated with, written out)."""
+        import torch
+
+        silent = torch.zeros_like(has_audio)
+        x = torch.from_numpy(noise[None])
+        timesteps = ddim_timesteps(self.steps)
+        alphas = alphas_cumprod()
+        with torch.inference_mode():
+            for i, t in enumerate(timesteps):
+                tt = torch.full((1,), t, dtype=torch.long)
+                x0 = self.model(x, tt, carried, known, audio, has_audio, rest)
+                if self.guidance != 1.0:
+                    unconditional = self.model(x, tt, carried, known, audio, silent, rest)
+                    x0 = unconditional + self.guidance * (x0 - unconditional)
+                if i + 1 == len(timesteps):
+                    break
+                a_t, a_prev = alphas[t], alphas[timesteps[i + 1]]
+                eps = (x - np.sqrt(a_t) * x0) / np.sqrt(1.0 - a_t)
+                x = (np.sqrt(a_prev) * x0 + np.sqrt(1.0 - a_prev) * eps).float()
+        return x0[0].numpy()
 
 
 assert HOP * 4 == _FRAME_SAMPLES and N_COEFFS == 52

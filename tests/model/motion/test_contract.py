@@ -161,3 +161,16 @@ def test_a_window_that_does_not_follow_the_state_is_refused(generator: MotionGen
         generator.generate(windows[2], state)
     with pytest.raises(ValueError):
         generator.generate(dataclasses.replace(windows[1], start_frame=0), state)
+
+
+def test_learned_generators_take_other_weights(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from emote.model.motion.diffusion.generator import DiffusionGenerator
+    from tests.model.motion.diffusion._tiny import save_tiny
+
+    folder = save_tiny(tmp_path / "tiny")
+    generator = make_generator(f"diffusion={folder}")
+    assert isinstance(generator, DiffusionGenerator) and generator.model.cfg.width == 32
+    with pytest.raises(OptionError, match="holds no trained model"):
+        make_generator(f"diffusion={tmp_path / 'nothing'}")
+    with pytest.raises(OptionError, match="has no weights"):
+        check_generator_name(f"baseline={folder}")

@@ -99,3 +99,33 @@ def test_missing_weights_are_a_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(DependencyError, match="make train"):
         DiffusionGenerator(tmp_path)
+
+
+def test_the_written_out_ddim_sampler_is_diffusers_sampler(tmp_path: Path) -> None:
+    """A teacher runs in the generator with DDIM written out (no diffusers at run time): the same
+    motion as the DDIMScheduler the training validated with."""
+    import torch
+
+    from emote.model.motion.diffusion.train import sample
+    from tests.model.motion.diffusion._tiny import tiny_model
+
+    model = tiny_model(seed=4)
+    model.save(tmp_path, {"generator": {"emit_frames": 2, "lookahead_frames": 1},
+                          "sampling": {"steps": 5, "guidance": 2.0}})
+    teacher = DiffusionGenerator(tmp_path)
+    assert (teacher.steps, teacher.guidance) == (5, 2.0)
+    rng = np.random.default_rng(0)
+    s, d = model.cfg.frames, model.cfg.motion_dim
+    known = np.r_[np.ones(model.cfg.carried), np.zeros(s - model.cfg.carried)].astype(np.float32)
+    inputs = {"carried": rng.standard_normal((s, d)).astype(np.float32), "known": known,
+              "audio": rng.standard_normal((s, model.cfg.audio_dim)).astype(np.float32),
+              "has_audio": (np.arange(s) < model.cfg.carried + 3).astype(np.float32),
+              "rest": rng.random(52).astype(np.float32)}
+    noise = rng.standard_normal((s, d)).astype(np.float32)
+    ours = teacher.sample(noise, *(torch.from_numpy(inputs[k][None]) for k in ("carried", "known", "audio",
+                                                                               "has_audio", "rest")))
+    batch = {k: torch.from_numpy(v[None]) for k, v in inputs.items()}
+    theirs = sample(model, batch, torch.from_numpy(noise[None]), steps=5, guidance=2.0)[0].numpy()
+    np.testing.assert_allclose(ours, theirs, atol=2e-4)
+    assert np.abs(ours - sample(model, batch, torch.from_numpy(noise[None]), steps=5, guidance=1.0)[0].numpy()
+                  ).max() > 1e-3  # guidance is applied
