@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test bench eval lint install demo clean
+.PHONY: run test bench eval train lint install demo clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -64,6 +64,18 @@ eval: $(STAMP)
 # mypy reads the code under its installed names (emote.*) through links in .cache/typecheck: it cannot
 # follow setuptools' editable-install import hook.
 TYPECHECK := .cache/typecheck/emote
+# Trains the diffusion motion model on the team's talking videos (../shared/data; ~1 h on 2 cores) and
+# installs the student as the shipped weights. `emote dataset` caches what it measured in .cache/dataset.
+SHARED := ../shared/data
+TRAIN_OUT := out/train
+train: $(STAMP)
+	@test -d $(SHARED)/videos || { echo "make train: $(SHARED)/videos not found (the team's talking videos)"; exit 1; }
+	$(VENV)/bin/emote dataset $(SHARED)/videos $(SHARED)/train -o .cache/dataset
+	$(VENV)/bin/emote train .cache/dataset -o $(TRAIN_OUT)
+	mkdir -p model/weights/motion_diffusion
+	cp $(TRAIN_OUT)/student/config.json $(TRAIN_OUT)/student/model.safetensors model/weights/motion_diffusion/
+	cp $(TRAIN_OUT)/metrics.json $(TRAIN_OUT)/curves.png .cache/dataset/split.json model/weights/motion_diffusion/
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	@mkdir -p $(TYPECHECK) && for part in model streaming evaluation server; do ln -sfn ../../../$$part $(TYPECHECK)/$$part; done

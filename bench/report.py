@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.machine import END, START
-from bench.stages import WARMUP_FRAMES
+from bench.stages import WARMUP_FRAMES, Timing
 
 #: Render target: milliseconds per 512x512 frame on one core.
 TARGET_RENDER_MS = 5.0
@@ -108,6 +108,15 @@ def _stages(res: Any) -> list[str]:
                   "", f"Encoder flush and close: {enc['flush_ms']:.0f} ms; file {enc['mbytes']:.1f} MB. "
                   f"One-core child: cores {r['pinned_info']['affinity']}, threads {r['pinned_info']['threads']}.",
                   ""]
+    if getattr(res, "generators", None):
+        lines += ["#### Motion generators on one core (`taskset -c 0`, one thread, torch included)", "",
+                  "Each generator as `emote render` runs it, on the minute of speech pushed in 1 s pieces: ms per "
+                  "frame of each push (audio features, windows and the model included); Mean is the whole pass.", "",
+                  "| Generator | Unit | Median | p95 | Mean | n |", "|---|---|---|---|---|---|"]
+        for name, g in res.generators.items():
+            t = Timing.of(g["ms"], mean=g["mean_ms"])
+            lines.append(_row(f"{name} ({g['frames']} frames)", "ms/frame", t))
+        lines.append("")
     lines += ["#### Audio decoding (`open_audio(...).chunks()`: 16 kHz mono + AAC-ready frames)", "",
               "| Input | Unit | Median | p95 | Mean | n |", "|---|---|---|---|---|---|"]
     lines += [_row(name, "ms per s of audio", t) for name, t in res.decode.items()]

@@ -37,6 +37,7 @@ from bench.machine import machine_lines
 from bench.report import render_report, replace_section
 from bench.stages import (
     Timing,
+    pinned_motion,
     pinned_render,
     render_frames,
     time_analysis,
@@ -65,6 +66,7 @@ class Results:
     portraits: dict[str, dict] = field(default_factory=dict)
     decode: dict[str, Timing] = field(default_factory=dict)
     pipeline: Any = None  # RenderStats of an in-process render_file with warm caches
+    generators: dict[str, dict] = field(default_factory=dict)  # one-core motion timing per generator
     wall_s: float = 0.0
     live: Any = None  # bench.live.LiveResults, when the live part ran
 
@@ -191,7 +193,9 @@ def bench_portrait(name: str, path: Path, audio16k: np.ndarray, tmp: Path, quick
 def run(quick: bool) -> Results:
     """Measure everything (see the module docstring)."""
     from bench.speech import write_speech
+    from emote.model.errors import DependencyError
     from emote.model.media.audio_io import load_audio_16k
+    from emote.model.motion.registry import generator_names, make_generator
 
     res = Results(quick=quick)
     t_run = time.perf_counter()
@@ -214,6 +218,14 @@ def run(quick: bool) -> Results:
         audio16k = load_audio_16k(wav)
         for name, path in portraits.items():
             res.portraits[name] = bench_portrait(name, path, audio16k, tmp, quick)
+        for motion in generator_names():
+            try:
+                make_generator(motion)
+            except DependencyError as exc:  # a learned model whose weights are not installed
+                log(f"motion {motion}: skipped ({exc})")
+                continue
+            log(f"motion {motion} on one core (taskset -c 0, one thread)")
+            res.generators[motion] = pinned_motion(motion, wav)
         log("render_file in-process (warm)")
         from emote.streaming.offline import render_file
 

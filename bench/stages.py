@@ -239,12 +239,51 @@ def _pinned_child(portrait: str, motion: str, out: str) -> None:
     Path(out).write_text(json.dumps(result))
 
 
+def pinned_motion(motion: str, audio: Path, cpu: int = 0, timeout_s: float = 900.0) -> dict:
+    """Time a motion generator as offline rendering runs it, in a child pinned to one core with one thread
+    (torch included): ms per frame of each push (1 s of audio), features and windowing included.
+
+    Returns:
+        ``{"ms": [per push, per frame], "mean_ms": throughput, "frames": n}`` from the child.
+    """
+    import subprocess
+
+    out = audio.with_name(f"motion-{motion.replace('=', '-').replace('/', '_')}.json")
+    env = {**os.environ, **SINGLE_THREAD_ENV}
+    cmd = ["taskset", "-c", str(cpu), sys.executable, "-m", "bench.stages", "motion", motion, str(audio), str(out)]
+    subprocess.run(cmd, env=env, check=True, timeout=timeout_s, cwd=Path(__file__).resolve().parent.parent)
+    return json.loads(out.read_text())
+
+
+def _motion_child(motion: str, audio: str, out: str) -> None:
+    import torch
+
+    from emote.model.media.audio_io import load_audio_16k
+
+    torch.set_num_threads(1)
+    samples = load_audio_16k(audio)
+    rest = np.zeros(52, np.float32)
+    make_motion(samples[:32000], rest, motion=motion)  # loading the model, first-call costs
+    t = time.perf_counter()
+    pose, _, per_frame = make_motion(samples, rest, motion=motion)
+    total = _ms_since(t)
+    Path(out).write_text(json.dumps({"ms": per_frame, "mean_ms": total / len(pose), "frames": len(pose),
+                                     "threads": torch.get_num_threads(), "affinity": sorted(os.sched_getaffinity(0))}))
+
+
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="internal: the one-core render timing child of bench.run")
+    parser = argparse.ArgumentParser(description="internal: the one-core timing children of bench.run")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("pinned")
     p.add_argument("portrait")
     p.add_argument("motion")
     p.add_argument("out")
+    m = sub.add_parser("motion")
+    m.add_argument("generator")
+    m.add_argument("audio")
+    m.add_argument("out")
     args = parser.parse_args()
-    _pinned_child(args.portrait, args.motion, args.out)
+    if args.command == "pinned":
+        _pinned_child(args.portrait, args.motion, args.out)
+    else:
+        _motion_child(args.generator, args.audio, args.out)

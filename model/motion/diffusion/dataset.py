@@ -91,7 +91,7 @@ def _sha(path: Path) -> str:
 
 def _save_clips(path: Path, clips: list[Clip]) -> None:
     """All clips of one video in one file, written under a temporary name and renamed."""
-    arrays: dict[str, np.ndarray] = {"fps": np.float64(FPS)}
+    arrays: dict[str, np.ndarray] = {"fps": np.array(FPS)}
     for k, clip in enumerate(clips):
         arrays |= {f"pose_{k}": clip.pose, f"coeffs_{k}": clip.coeffs, f"audio_{k}": clip.audio}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
