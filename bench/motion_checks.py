@@ -1,0 +1,180 @@
+"""``python -m bench.motion_checks``: what a motion generator does over time, measured on its own motion.
+
+Three checks of issue 10's streaming promises, on the benchmark speech (:mod:`bench.speech`):
+
+- **seams**: the generator makes motion in blocks; the frame-to-frame change of velocity (acceleration)
+  across a block boundary must be no larger than inside a block. Mean |acceleration| of the head angles
+  and of the 45 moving coefficients is compared at boundary frames and inside blocks.
+- **drift**: ten minutes of speech with pauses; the head pose and expression statistics of the first and
+  the last minute must agree within the spread between real speakers (the per-person means of the
+  dataset's training people, when ``--dataset`` is given).
+- **silence**: a minute of silence gives a closed mouth and a face that still lives (blinks, small head
+  motion), neither frozen nor drifting away.
+
+Writes a markdown section (between ``motion-checks`` markers) when ``--write`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emote.model.motion.interface import COEFF_INDEX, MotionChunk
+
+START, END = "<!-- motion-checks:start -->", "<!-- motion-checks:end -->"
+FPS = 25.0
+_JAW, _BLINK = COEFF_INDEX["jawOpen"], (COEFF_INDEX["eyeBlinkLeft"], COEFF_INDEX["eyeBlinkRight"])
+
+
+def motion_for(name: str, audio16k: np.ndarray, seed: int = 0) -> MotionChunk:
+    from emote.model.motion.registry import make_generator
+    from emote.streaming.animator import MotionStream
+
+    stream = MotionStream(make_generator(name), np.zeros(52, np.float32), fps=FPS, seed=seed, merge_frames=25)
+    chunks = []
+    for i in range(0, len(audio16k), 16000):
+        chunks += stream.push(audio16k[i : i + 16000])
+    return MotionChunk.concat(chunks + stream.finish())
+
+
+def seams(motion: MotionChunk, block: int) -> dict[str, float]:
+    """Mean |second difference| of head angles and coefficients at block boundaries and inside blocks."""
+    out = {}
+    for label, values in (("head", motion.pose[:, :3]), ("face", motion.coeffs)):
+        acc = np.abs(np.diff(values, n=2, axis=0)).mean(axis=1)  # acc[i]: around frame i + 1
+        frame = np.arange(1, len(acc) + 1)
+        boundary = frame % block == 0  # the first frame of a block, against the two before it
+        out[f"{label}_boundary"] = float(acc[boundary].mean())
+        out[f"{label}_inside"] = float(acc[~boundary].mean())
+    return out
+
+
+def blinks_per_minute(motion: MotionChunk) -> float:
+    closure = motion.coeffs[:, list(_BLINK)].mean(axis=1)
+    rest = float(np.median(closure))
+    shut = closure > rest + 0.25
+    onsets = np.flatnonzero(shut[1:] & ~shut[:-1])
+    return 60.0 * len(onsets) / (len(motion) / FPS)
+
+
+def statistics(motion: MotionChunk) -> dict[str, float]:
+    """Head-angle means and spreads, jaw mean and spread, blinks per minute."""
+    out: dict[str, float] = {}
+    for k, axis in enumerate(("yaw", "pitch", "roll")):
+        out[f"{axis}_mean"] = float(motion.pose[:, k].mean())
+        out[f"{axis}_std"] = float(motion.pose[:, k].std())
+    out["jaw_mean"] = float(motion.coeffs[:, _JAW].mean())
+    out["jaw_std"] = float(motion.coeffs[:, _JAW].std())
+    out["blinks_per_min"] = blinks_per_minute(motion)
+    return out
+
+
+def real_speaker_spread(dataset: Path | None) -> dict[str, float]:
+    """Standard deviation across training people of their mean yaw/pitch/roll and jawOpen, and their mean yaw
+    standard deviation (NaN without data)."""
+    names = ("yaw_mean", "pitch_mean", "roll_mean", "jaw_mean")
+    if dataset is None or not (dataset / "split.json").exists():
+        return dict.fromkeys((*names, "yaw_std"), float("nan"))
+    from emote.model.motion.diffusion.dataset import dataset_clips
+
+    per_person: dict[str, list[np.ndarray]] = {}
+    for person, clip in dataset_clips(dataset, "train"):
+        per_person.setdefault(person, []).append(np.c_[clip.pose[:, :3], clip.coeffs[:, _JAW]])
+    means = np.array([np.concatenate(v).mean(axis=0) for v in per_person.values()])
+    yaw_std = float(np.mean([np.concatenate(v)[:, 0].std() for v in per_person.values()]))
+    return {**dict(zip(names, means.std(axis=0).tolist(), strict=True)), "yaw_std": yaw_std}
+
+
+def run(name: str, dataset: Path | None, minutes: float = 10.0) -> dict[str, Any]:
+    from bench.speech import speech_samples
+    from emote.model.motion.registry import make_generator
+
+    block = make_generator(name).window_frames
+    speech, rate = speech_samples(60.0)
+    from scipy.signal import resample_poly
+
+    g = np.gcd(rate, 16000)
+    minute = resample_poly(speech, 16000 // g, rate // g).astype(np.float32)
+    motion = motion_for(name, minute)
+    long = motion_for(name, np.tile(minute, int(np.ceil(minutes))))
+    n = int(60 * FPS)
+    quiet = motion_for(name, np.zeros(16000 * 60, np.float32))
+    return {
+        "generator": name, "block": block, "seams": seams(motion, block),
+        "first_minute": statistics(MotionChunk(0, FPS, long.pose[:n], long.coeffs[:n])),
+        "last_minute": statistics(MotionChunk(0, FPS, long.pose[-n:], long.coeffs[-n:])),
+        "minutes": minutes, "real_spread": real_speaker_spread(dataset),
+        "silence": {**statistics(quiet), "jaw_max": float(quiet.coeffs[:, _JAW].max()),
+                    "head_speed_deg_s": float(np.abs(np.diff(quiet.pose[:, :3], axis=0)).mean() * FPS),
+                    "last_10s_yaw_std": float(quiet.pose[-250:, 0].std())},
+    }
+
+
+def section(results: list[dict[str, Any]]) -> str:
+    lines = [START, "## Motion over time (generated by `python -m bench.motion_checks`)", "",
+             "Seams: mean |frame-to-frame change of velocity| at block boundaries vs inside blocks (head in degrees "
+             "per frame², face in coefficient units); the boundary must be no larger.", "",
+             "| generator | block (frames) | head: boundary | head: inside | face: boundary | face: inside |",
+             "|---|---|---|---|---|---|"]
+    for r in results:
+        s = r["seams"]
+        lines.append(f"| {r['generator']} | {r['block']} | {s['head_boundary']:.4f} | {s['head_inside']:.4f} | "
+                     f"{s['face_boundary']:.5f} | {s['face_inside']:.5f} |")
+    minutes = results[0]["minutes"] if results else 0
+    lines += ["", f"Drift: the first and the last minute of {minutes:g} minutes of speech (the benchmark minute, "
+              "repeated); the last row is the spread between the training people's own means (and their mean yaw "
+              "std): drift stays within it.", "",
+              "| generator | minute | yaw mean ° | pitch mean ° | roll mean ° | yaw std ° | jawOpen mean | "
+              "blinks/min |", "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        for label in ("first_minute", "last_minute"):
+            m = r[label]
+            lines.append(f"| {r['generator']} | {label.split('_')[0]} | {m['yaw_mean']:.2f} | {m['pitch_mean']:.2f} | "
+                         f"{m['roll_mean']:.2f} | {m['yaw_std']:.2f} | {m['jaw_mean']:.3f} | "
+                         f"{m['blinks_per_min']:.1f} |")
+    spread = results[0]["real_spread"] if results else {}
+    if spread:
+        lines.append(f"| real speakers (spread of means) | – | {spread['yaw_mean']:.2f} | {spread['pitch_mean']:.2f} "
+                     f"| {spread['roll_mean']:.2f} | {spread['yaw_std']:.2f} | {spread['jaw_mean']:.3f} | – |")
+    lines += ["", "Silence: a minute of digital silence.", "",
+              "| generator | jawOpen max | blinks/min | yaw std ° | head speed °/s | yaw std of the last 10 s ° |",
+              "|---|---|---|---|---|---|"]
+    for r in results:
+        q = r["silence"]
+        lines.append(f"| {r['generator']} | {q['jaw_max']:.3f} | {q['blinks_per_min']:.1f} | {q['yaw_std']:.2f} | "
+                     f"{q['head_speed_deg_s']:.2f} | {q['last_10s_yaw_std']:.2f} |")
+    return "\n".join(lines + ["", END]) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.motion_checks", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--motion", default="diffusion,baseline", help="comma-separated generators")
+    parser.add_argument("--dataset", default=".cache/dataset", help="dataset folder for the real speakers' spread")
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--write", default=None, help="markdown file to record the section in")
+    parser.add_argument("--json", default=None, help="write the numbers as JSON here too")
+    args = parser.parse_args(argv)
+    results = [run(name, Path(args.dataset), args.minutes) for name in args.motion.split(",") if name]
+    text = section(results)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    if args.write:
+        path = Path(args.write)
+        old = path.read_text() if path.exists() else "# Benchmarks\n"
+        if START in old and END in old:
+            head, rest = old.split(START, 1)
+            new = head + text + rest.split(END, 1)[1].lstrip("\n")
+        else:
+            new = old.rstrip("\n") + "\n\n" + text
+        path.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
