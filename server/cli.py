@@ -19,7 +19,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from emote.model.errors import DependencyError, EmoteError, InputError, MultipleFacesWarning, OptionError
 
@@ -177,7 +177,7 @@ def _train(args: argparse.Namespace) -> None:
 
     from emote.model.motion.diffusion.train import TrainConfig, train
 
-    options: dict[str, int] = {"seed": args.seed}
+    options: dict[str, Any] = {"seed": args.seed}
     for name in ("teacher_steps", "student_steps", "pairs"):
         value = getattr(args, name)
         if value is not None:

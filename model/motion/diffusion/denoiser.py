@@ -24,6 +24,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -160,6 +161,12 @@ class MotionDenoiser(nn.Module):
             x = block(x, cond)
         return self.out(self.out_norm(x))
 
+    def array(self, name: str) -> Any:
+        """A buffer (statistics, filterbank, active coefficients) as a numpy array."""
+        value = getattr(self, name)
+        assert isinstance(value, torch.Tensor)
+        return value.detach().numpy()
+
     # -- files -----------------------------------------------------------------------------------
     def save(self, folder: str | Path, extra: dict[str, object] | None = None) -> None:
         """Write ``config.json`` (the config and ``extra``) and ``model.safetensors`` into ``folder``."""
@@ -172,7 +179,7 @@ class MotionDenoiser(nn.Module):
         save_file(state, str(out / WEIGHTS_FILE))
 
     @classmethod
-    def load(cls, folder: str | Path) -> tuple[MotionDenoiser, dict[str, object]]:
+    def load(cls, folder: str | Path) -> tuple[MotionDenoiser, dict[str, Any]]:
         """A model and the rest of its ``config.json`` from a folder :meth:`save` wrote."""
         from safetensors.torch import load_file
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from emote.model.motion.baseline.audio_features import HALF_WIN, HOP, WIN, _periodicity, hop_frames
+from emote.model.motion.baseline.audio_features import HALF_WIN, HOP, WIN, _lpc_formants, _periodicity, hop_frames
 
 SAMPLE_RATE = 16000
 FPS = 25.0
@@ -28,7 +28,17 @@ N_FFT = 512
 N_MELS = 40
 F_MIN, F_MAX = 50.0, 8000.0
 HOP_DIM = N_MELS + 3
+#: With the ``formants`` set: also log F1, log F2 (linear prediction, the baseline's), the share of energy
+#: above 3.5 kHz (fricatives) and the log spectral centroid; explicit cues of jaw opening and lip shape
+#: that 16 minutes of data would otherwise have to learn from the mel bands.
+FORMANT_DIM = 4
 FRAME_DIM = HOPS_PER_FRAME * HOP_DIM
+FEATURE_SETS = {"mel": HOP_DIM, "mel+formants": HOP_DIM + FORMANT_DIM}
+
+
+def frame_dim(feature_set: str) -> int:
+    """Numbers per 25 fps frame of a feature set (4 hops side by side)."""
+    return HOPS_PER_FRAME * FEATURE_SETS[feature_set]
 #: Audio a frame's features need beyond its own 40 ms: half an analysis window on each side.
 MARGIN_SAMPLES = HALF_WIN
 _WINDOW = np.hanning(WIN).astype(np.float32)
@@ -44,8 +54,10 @@ def mel_matrix() -> np.ndarray:
     return np.asarray(bank, np.float32)
 
 
-def hop_features(samples: np.ndarray, first_sample: int, first_hop: int, n_hops: int, mel: np.ndarray) -> np.ndarray:
-    """(n_hops, HOP_DIM) float32 features of hops ``first_hop ..``: log-mel, log energy, voicing, log pitch.
+def hop_features(samples: np.ndarray, first_sample: int, first_hop: int, n_hops: int, mel: np.ndarray,
+                 feature_set: str = "mel") -> np.ndarray:
+    """(n_hops, dim) float32 features of hops ``first_hop ..``: log-mel, log energy, voicing, log pitch
+    (and the formant cues of the ``mel+formants`` set).
 
     Args:
         samples: (N,) float32 16 kHz audio; ``samples[0]`` is stream sample ``first_sample``. Hops
@@ -56,14 +68,24 @@ def hop_features(samples: np.ndarray, first_sample: int, first_hop: int, n_hops:
         mel: the filterbank of the model (:func:`mel_matrix`).
     """
     if n_hops <= 0:
-        return np.zeros((0, HOP_DIM), np.float32)
+        return np.zeros((0, FEATURE_SETS[feature_set]), np.float32)
     frames = hop_frames(samples, first_sample, first_hop, n_hops).astype(np.float32)
     power = np.abs(np.fft.rfft(frames * _WINDOW, n=N_FFT, axis=1)) ** 2
     log_mel = np.log(power @ mel + 1e-8)
     energy = np.log(np.mean(frames * frames, axis=1) + 1e-8)
     voicing, pitch = _periodicity(frames)
     log_pitch = np.where(pitch > 0, np.log(np.maximum(pitch, 1.0) / 100.0), 0.0)
-    return np.concatenate([log_mel, energy[:, None], voicing[:, None], log_pitch[:, None]], axis=1).astype(np.float32)
+    columns = [log_mel, energy[:, None], voicing[:, None], log_pitch[:, None]]
+    if feature_set == "mel+formants":
+        f1, f2 = _lpc_formants(frames)
+        total = power.sum(axis=1) + 1e-12
+        freqs = np.fft.rfftfreq(N_FFT, 1.0 / SAMPLE_RATE)
+        high = power[:, freqs >= 3500.0].sum(axis=1) / total
+        centroid = (power * freqs).sum(axis=1) / total
+        columns += [np.where(f1 > 0, np.log(np.maximum(f1, 1.0) / 500.0), 0.0)[:, None],
+                    np.where(f2 > 0, np.log(np.maximum(f2, 1.0) / 1500.0), 0.0)[:, None], high[:, None],
+                    np.log(np.maximum(centroid, 1.0) / 1000.0)[:, None]]
+    return np.concatenate(columns, axis=1).astype(np.float32)
 
 
 def frame_first_hop(frame: int) -> int:
@@ -72,20 +94,21 @@ def frame_first_hop(frame: int) -> int:
 
 
 def frame_features(samples: np.ndarray, first_sample: int, first_frame: int, n_frames: int,
-                   mel: np.ndarray) -> np.ndarray:
-    """(n_frames, FRAME_DIM) features of 25 fps frames ``first_frame ..`` from a buffer of audio.
+                   mel: np.ndarray, feature_set: str = "mel") -> np.ndarray:
+    """(n_frames, frame_dim) features of 25 fps frames ``first_frame ..`` from a buffer of audio.
 
     The buffer must hold the frames' audio plus :data:`MARGIN_SAMPLES` on each side; samples outside
     the stream are zeros.
     """
-    hops = hop_features(samples, first_sample, frame_first_hop(first_frame), HOPS_PER_FRAME * n_frames, mel)
-    return hops.reshape(n_frames, FRAME_DIM)
+    hops = hop_features(samples, first_sample, frame_first_hop(first_frame), HOPS_PER_FRAME * n_frames, mel,
+                        feature_set)
+    return hops.reshape(n_frames, frame_dim(feature_set))
 
 
-def clip_features(audio: np.ndarray, n_frames: int, mel: np.ndarray) -> np.ndarray:
-    """(n_frames, FRAME_DIM) features of a whole clip whose frame 0 starts at sample 0 (training)."""
+def clip_features(audio: np.ndarray, n_frames: int, mel: np.ndarray, feature_set: str = "mel") -> np.ndarray:
+    """(n_frames, frame_dim) features of a whole clip whose frame 0 starts at sample 0 (training)."""
     audio = np.asarray(audio)
     x = audio.astype(np.float32) / 32768.0 if np.issubdtype(audio.dtype, np.integer) else audio.astype(np.float32)
     padded = np.concatenate([np.zeros(MARGIN_SAMPLES + HOP, np.float32), x,
                              np.zeros(MARGIN_SAMPLES + HOP * HOPS_PER_FRAME * 2, np.float32)])
-    return frame_features(padded, -(MARGIN_SAMPLES + HOP), 0, n_frames, mel)
+    return frame_features(padded, -(MARGIN_SAMPLES + HOP), 0, n_frames, mel, feature_set)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from emote.model.errors import DependencyError
-from emote.model.motion.diffusion.features import FPS, FRAME_DIM, HOP, MARGIN_SAMPLES, frame_features
+from emote.model.motion.diffusion.features import FPS, HOP, MARGIN_SAMPLES, frame_dim, frame_features
 from emote.model.motion.interface import N_COEFFS, N_POSE, AudioWindow, MotionChunk
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "motion_diffusion"
@@ -116,6 +116,7 @@ class DiffusionGenerator:
         gen = config.get("generator", {})
         self.emit = int(gen.get("emit_frames", 2))
         self.lookahead = int(gen.get("lookahead_frames", 1))
+        self.feature_set = str(config.get("features", "mel"))
         sampling = config.get("sampling", {})
         self.steps = int(sampling.get("steps", 1))  # 1: the distilled student; more: the teacher (DDIM)
         self.guidance = float(sampling.get("guidance", 1.0))
@@ -130,14 +131,16 @@ class DiffusionGenerator:
         self._audio_mean, self._audio_std = m.audio_mean.numpy(), m.audio_std.numpy()
         self._mel = m.mel.numpy()
         self._active = m.active.numpy().astype(np.int64)
-        assert self._audio_mean.shape == (FRAME_DIM,)
+        if self._audio_mean.shape != (frame_dim(self.feature_set),):
+            raise DependencyError(f"{weights}: the model's audio features ({self._audio_mean.shape[0]}) are not "
+                                  f"the {self.feature_set!r} set its config names; retrain it")
 
     def initial_state(self, rest: np.ndarray, seed: int) -> DiffusionState:
         rest = np.asarray(rest, np.float32).copy()
         portrait = ((np.zeros(self._mean.shape) - self._mean) / self._std).astype(np.float32)
         return DiffusionState(seed=int(seed), rest=rest, next_frame=0, model_frames=0,
                               carried=np.repeat(portrait[None], self.carried, axis=0),
-                              features=np.zeros((self.carried, FRAME_DIM), np.float32),
+                              features=np.zeros((self.carried, self._audio_mean.shape[0]), np.float32),
                               features_valid=np.zeros(self.carried, bool))
 
     def generate(self, window: AudioWindow, state: DiffusionState) -> tuple[MotionChunk, DiffusionState]:
@@ -197,12 +200,13 @@ class DiffusionGenerator:
         ok = (frames * _FRAME_SAMPLES + _FRAME_SAMPLES + MARGIN_SAMPLES <= last) & (
             frames * _FRAME_SAMPLES - MARGIN_SAMPLES >= window.first_sample)
         has_audio = (ok | np.r_[valid, np.zeros(s_len - k, bool)]) & (frames < m0 + self.emit + self.lookahead)
-        audio = np.zeros((s_len, FRAME_DIM), np.float32)
+        audio = np.zeros((s_len, self._audio_mean.shape[0]), np.float32)
         audio[:k][valid] = cached[valid]
         todo = np.flatnonzero(has_audio & ~np.r_[valid, np.zeros(s_len - k, bool)])
         if len(todo):
             lo, hi = int(todo[0]), int(todo[-1]) + 1
-            feats = frame_features(window.samples, window.first_sample, int(frames[lo]), hi - lo, self._mel)
+            feats = frame_features(window.samples, window.first_sample, int(frames[lo]), hi - lo, self._mel,
+                                   self.feature_set)
             audio[lo:hi] = (feats - self._audio_mean) / self._audio_std
         inputs = [torch.from_numpy(a[None]) for a in (carried, known, audio, has_audio.astype(np.float32), st.rest)]
         x0 = self.sample(self._noise(st.seed, m0), *inputs)

@@ -34,7 +34,8 @@ import torch
 from emote.model.errors import InputError
 from emote.model.motion.diffusion.dataset import dataset_clips
 from emote.model.motion.diffusion.denoiser import DenoiserConfig, MotionDenoiser
-from emote.model.motion.diffusion.features import clip_features, mel_matrix
+from emote.model.motion.diffusion.features import clip_features, frame_dim, mel_matrix
+from emote.model.motion.diffusion.rollout import rollout, rollout_metrics
 from emote.model.motion.diffusion.windows import WindowSampler, prepare_all, statistics
 from emote.model.motion.interface import N_POSE
 
@@ -62,6 +63,11 @@ class TrainConfig:
         lookahead_frames: frames of audio beyond them each window hears.
         audio_copies: audio copies per clip (copy 0 unaugmented).
         validate_every: steps between validations.
+        rollout_every: steps between free-running validations (whole held-out clips generated from their
+            audio alone, as live; the weights kept are those whose jawOpen follows the real one best).
+        rollout_steps: DDIM steps of the teacher in those (the student always takes one).
+        features: the audio feature set (:data:`~.features.FEATURE_SETS`).
+        mouth_unknown: share of training windows whose carried mouth is replaced by noise.
     """
 
     seed: int = 0
@@ -72,12 +78,16 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     ema: float = 0.999
-    guidance: float = 2.0
+    guidance: float = 3.0
     sample_steps: int = 25
     emit_frames: int = 2
     lookahead_frames: int = 1
     audio_copies: int = 6
     validate_every: int = 500
+    rollout_every: int = 2000
+    rollout_steps: int = 4
+    features: str = "mel+formants"
+    mouth_unknown: float = 0.5
 
 
 def _tensors(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -171,10 +181,10 @@ def _lr(step: int, total: int, base: float, warmup: int = 300) -> float:
 
 
 def _fit(model: MotionDenoiser, steps: int, cfg: TrainConfig, next_batch: Callable[[int], tuple[torch.Tensor, ...]],
-         check: Callable[[MotionDenoiser], dict[str, float]], say: ProgressFn, name: str, select: str | None
+         check: Callable[[MotionDenoiser, bool], dict[str, float]], say: ProgressFn, name: str, rollout_every: int
          ) -> tuple[MotionDenoiser, list[dict[str, float]]]:
-    """The optimisation loop shared by teacher and student; returns the EMA weights with the lowest
-    validation ``select`` (the last ones when None) and the curve."""
+    """The optimisation loop shared by teacher and student; returns the EMA weights whose free-running
+    validation lip sync (``rollout_jaw_r``) was best, and the curve."""
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = copy.deepcopy(model)
     best, best_score, curve, window = copy.deepcopy(ema), float("inf"), [], []
@@ -192,17 +202,20 @@ def _fit(model: MotionDenoiser, steps: int, cfg: TrainConfig, next_batch: Callab
                 p_ema.lerp_(p, 1.0 - cfg.ema)
         window.append(float(loss.detach()))
         if (step + 1) % cfg.validate_every == 0 or step + 1 == steps:
-            metrics = check(ema)
+            metrics = check(ema, (step + 1) % rollout_every == 0 or step + 1 == steps)
             row = {"step": step + 1, "train_loss": float(np.mean(window)), **metrics,
                    "seconds": time.perf_counter() - t0}
             curve.append(row)
             window = []
-            score = metrics[select] if select else -float(step)
-            if score < best_score:
-                best, best_score = copy.deepcopy(ema), score
+            if "rollout_jaw_r" in metrics and -metrics["rollout_jaw_r"] < best_score:
+                best, best_score = copy.deepcopy(ema), -metrics["rollout_jaw_r"]
+            free = (f", free-running jaw r {metrics['rollout_jaw_r']:.3f}, yaw spread x"
+                    f"{metrics['rollout_yaw_spread_ratio']:.2f}, {metrics['rollout_blinks_per_min']:.1f} blinks/min"
+                    if "rollout_jaw_r" in metrics else "")
             say(f"{name} step {step + 1}/{steps}: train {row['train_loss']:.4f}, validation loss "
-                f"{metrics['loss']:.4f} (sampled {metrics['sample_loss']:.4f}), jaw r {metrics['jaw_r']:.3f}, "
-                f"audio gap {metrics['audio_gap']:.4f} ({row['seconds']:.0f} s)")
+                f"{metrics['loss']:.4f} (sampled {metrics['sample_loss']:.4f}), next-frame jaw r "
+                f"{metrics['jaw_r']:.3f}, "
+                f"audio gap {metrics['audio_gap']:.4f}{free} ({row['seconds']:.0f} s)")
     return best, curve
 
 
@@ -226,14 +239,15 @@ def train(dataset_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None 
     say(f"{len(train_clips)} training clips ({sum(map(len, train_clips)) / 25 / 60:.1f} min), "
         f"{len(val_clips)} validation clips ({sum(map(len, val_clips)) / 25 / 60:.1f} min)")
     mel = mel_matrix()
-    silence = clip_features(np.zeros(640, np.float32), 1, mel)[0]
-    train_copies = prepare_all(train_clips, mel, cfg.seed, cfg.audio_copies, say)
-    val_copies = prepare_all(val_clips, mel, cfg.seed + 1, 1)
+    silence = clip_features(np.zeros(640, np.float32), 1, mel, cfg.features)[0]
+    train_copies = prepare_all(train_clips, mel, cfg.seed, cfg.audio_copies, say, cfg.features)
+    val_copies = prepare_all(val_clips, mel, cfg.seed + 1, 1, feature_set=cfg.features)
     active, m_mean, m_std, a_mean, a_std = statistics(train_copies, silence)
-    net = replace(net or DenoiserConfig(), motion_dim=N_POSE + len(active))
+    net = replace(net or DenoiserConfig(), motion_dim=N_POSE + len(active), audio_dim=frame_dim(cfg.features))
     norm = (m_mean, m_std, a_mean, a_std)
-    sampler = WindowSampler(train_copies, net, active, norm, silence)
+    sampler = WindowSampler(train_copies, net, active, norm, silence, mouth_unknown=cfg.mouth_unknown)
     val_sampler = WindowSampler(val_copies, net, active, norm, silence)
+    val_clips_copies = [c[0] for c in val_copies]
     boundary = cfg.emit_frames + cfg.lookahead_frames
     val_list = val_sampler.fixed_windows(stride=3, boundary=boundary)
     val = _tensors({k: np.stack([w[k] for w in val_list]) for k in val_list[0]})
@@ -252,14 +266,21 @@ def train(dataset_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None 
         pred = _forward(model, ddpm.add_noise(b["target"], noise, t), t, b)
         return (window_loss(pred, b, net.carried),)
 
-    def check(m: MotionDenoiser, one_step: bool = False) -> dict[str, float]:
-        return validate(m, val, net, one_step=one_step, guidance=cfg.guidance, sample_steps=10)
+    def check(m: MotionDenoiser, free: bool, one_step: bool = False) -> dict[str, float]:
+        metrics = validate(m, val, net, one_step=one_step, guidance=cfg.guidance, sample_steps=10)
+        if free:
+            generated = rollout(m, val_sampler, val_clips_copies, emit=cfg.emit_frames, lookahead=cfg.lookahead_frames,
+                                steps=1 if one_step else cfg.rollout_steps, guidance=1.0 if one_step else cfg.guidance,
+                                seed=cfg.seed)
+            metrics |= rollout_metrics(val_sampler, val_clips_copies, generated)
+        return metrics
 
-    # The teacher kept is the one that denoises held-out people best (a sampled window's distance from
-    # the real one rewards blurry averages, so it does not choose); the student is the last one.
-    teacher, teacher_curve = _fit(model, cfg.teacher_steps, cfg, teacher_batch, check, say, "teacher", "loss")
-    extra = {"train": asdict(cfg), "generator": {"emit_frames": cfg.emit_frames,
-                                                 "lookahead_frames": cfg.lookahead_frames}}
+    # Kept: the weights that, generating held-out people's clips from their audio alone, follow their
+    # jaw best (denoising next frames from real ones rewards copying the past, which free-running does not).
+    teacher, teacher_curve = _fit(model, cfg.teacher_steps, cfg, teacher_batch, check, say, "teacher",
+                                  cfg.rollout_every)
+    extra = {"train": asdict(cfg), "features": cfg.features,
+             "generator": {"emit_frames": cfg.emit_frames, "lookahead_frames": cfg.lookahead_frames}}
     teacher.save(out / "teacher", {**extra, "sampling": {"steps": cfg.sample_steps, "guidance": cfg.guidance}})
     say(f"teacher samples for distillation: {cfg.pairs} windows x {cfg.sample_steps} steps")
     t0 = time.perf_counter()
@@ -282,7 +303,8 @@ def train(dataset_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None 
         return (window_loss(_forward(student, b["noise"], t, b), b, net.carried),)
 
     student_best, student_curve = _fit(student, cfg.student_steps, replace(cfg, lr=cfg.lr * 0.3), student_batch,
-                                       lambda m: check(m, one_step=True), say, "student", None)
+                                       lambda m, free: check(m, free, one_step=True), say, "student",
+                                       cfg.validate_every)
     student_best.save(out / "student", {**extra, "sampling": {"steps": 1, "guidance": 1.0,
                                                                 "distilled_guidance": cfg.guidance}})
     metrics = {"config": asdict(cfg), "denoiser": asdict(net), "teacher": teacher_curve, "student": student_curve,
