@@ -31,7 +31,16 @@ from typing import Any
 import numpy as np
 
 from emote.model.errors import DependencyError
-from emote.model.motion.diffusion.features import FPS, HOP, MARGIN_SAMPLES, frame_dim, frame_features
+from emote.model.motion.baseline.mouth_dynamics import MouthFilter
+from emote.model.motion.diffusion.features import (
+    FPS,
+    HOP,
+    MARGIN_SAMPLES,
+    clip_features,
+    frame_dim,
+    frame_features,
+    prior_features,
+)
 from emote.model.motion.interface import N_COEFFS, N_POSE, AudioWindow, MotionChunk
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "motion_diffusion"
@@ -53,6 +62,8 @@ class DiffusionState:
             ``model_frames`` (a frame's features depend only on the audio around it, so they are
             computed once; frames of the lookahead are not kept: an interruption may still silence them).
         features_valid: (carried,) bool, which rows of ``features`` hold features.
+        mouth: the analytic articulation filter of the ``mel+prior`` features, run up to ``model_frames``
+            (None for the other feature sets).
     """
 
     seed: int
@@ -62,6 +73,7 @@ class DiffusionState:
     carried: np.ndarray
     features: np.ndarray
     features_valid: np.ndarray
+    mouth: MouthFilter | None = None
 
 
 @functools.lru_cache(maxsize=1)
@@ -130,6 +142,7 @@ class DiffusionGenerator:
         self._mean, self._std = m.motion_mean.numpy(), m.motion_std.numpy()
         self._audio_mean, self._audio_std = m.audio_mean.numpy(), m.audio_std.numpy()
         self._mel = m.mel.numpy()
+        self._silence = clip_features(np.zeros(_FRAME_SAMPLES, np.float32), 1, self._mel, self.feature_set)[0]
         self._active = m.active.numpy().astype(np.int64)
         if self._audio_mean.shape != (frame_dim(self.feature_set),):
             raise DependencyError(f"{weights}: the model's audio features ({self._audio_mean.shape[0]}) are not "
@@ -141,7 +154,8 @@ class DiffusionGenerator:
         return DiffusionState(seed=int(seed), rest=rest, next_frame=0, model_frames=0,
                               carried=np.repeat(portrait[None], self.carried, axis=0),
                               features=np.zeros((self.carried, self._audio_mean.shape[0]), np.float32),
-                              features_valid=np.zeros(self.carried, bool))
+                              features_valid=np.zeros(self.carried, bool),
+                              mouth=MouthFilter.start() if self.feature_set == "mel+prior" else None)
 
     def generate(self, window: AudioWindow, state: DiffusionState) -> tuple[MotionChunk, DiffusionState]:
         if window.start_frame != state.next_frame:
@@ -154,9 +168,10 @@ class DiffusionGenerator:
         st = state
         made = 0  # model frames made in this call
         history = st.carried
-        features, valid = st.features, st.features_valid
+        features, valid, mouth = st.features, st.features_valid, st.mouth
         while st.model_frames + made < need:
-            block, features, valid = self._block(window, st, st.model_frames + made, history, features, valid)
+            block, features, valid, mouth = self._block(window, st, st.model_frames + made, history, features,
+                                                        valid, mouth)
             history = np.concatenate([history, block])
             made += len(block)
         first = st.model_frames + made - len(history)  # model frame of history[0]
@@ -174,7 +189,7 @@ class DiffusionGenerator:
             coeffs[:, self._active] = np.clip(st.rest[self._active] + v[:, N_POSE:], 0.0, 1.0)
         new_state = dataclasses.replace(st, next_frame=window.start_frame + n, model_frames=st.model_frames + made,
                                         carried=history[-self.carried :].copy(), features=features,
-                                        features_valid=valid)
+                                        features_valid=valid, mouth=mouth)
         return MotionChunk(window.start_frame, window.fps, pose, coeffs.astype(np.float32)), new_state
 
     def _noise(self, seed: int, block_start: int) -> np.ndarray:
@@ -183,7 +198,8 @@ class DiffusionGenerator:
         return rng.standard_normal((self.model.cfg.frames, self._mean.shape[0])).astype(np.float32)
 
     def _block(self, window: AudioWindow, st: DiffusionState, m0: int, history: np.ndarray, cached: np.ndarray,
-               valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               valid: np.ndarray, mouth: MouthFilter | None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, MouthFilter | None]:
         """The next ``emit`` normalised model frames from 25 fps frame ``m0`` on, and the feature cache for
         the block after (features of the ``carried`` frames before ``m0 + emit``)."""
         import torch
@@ -199,19 +215,43 @@ class DiffusionGenerator:
         last = window.first_sample + len(window.samples)
         ok = (frames * _FRAME_SAMPLES + _FRAME_SAMPLES + MARGIN_SAMPLES <= last) & (
             frames * _FRAME_SAMPLES - MARGIN_SAMPLES >= window.first_sample)
+        if mouth is not None:  # a frame whose articulation the filter has passed can only come from the cache
+            ok &= (frames >= mouth.next_hop // 4) | (frames < 0)
         has_audio = (ok | np.r_[valid, np.zeros(s_len - k, bool)]) & (frames < m0 + self.emit + self.lookahead)
         audio = np.zeros((s_len, self._audio_mean.shape[0]), np.float32)
         audio[:k][valid] = cached[valid]
         todo = np.flatnonzero(has_audio & ~np.r_[valid, np.zeros(s_len - k, bool)])
         if len(todo):
             lo, hi = int(todo[0]), int(todo[-1]) + 1
-            feats = frame_features(window.samples, window.first_sample, int(frames[lo]), hi - lo, self._mel,
-                                   self.feature_set)
+            feats, mouth = self._features(window, frames[lo:hi], m0 + self.emit, mouth)
             audio[lo:hi] = (feats - self._audio_mean) / self._audio_std
         inputs = [torch.from_numpy(a[None]) for a in (carried, known, audio, has_audio.astype(np.float32), st.rest)]
         x0 = self.sample(self._noise(st.seed, m0), *inputs)
         keep = slice(self.emit, k + self.emit)  # positions of the frames before the next block's m0
-        return x0[k : k + self.emit], audio[keep].copy(), has_audio[keep].copy()
+        return x0[k : k + self.emit], audio[keep].copy(), has_audio[keep].copy(), mouth
+
+    def _features(self, window: AudioWindow, frames: np.ndarray, commit_until: int, mouth: MouthFilter | None
+                  ) -> tuple[np.ndarray, MouthFilter | None]:
+        """Raw features of consecutive 25 fps frames; the articulation filter advances through the frames
+        before ``commit_until`` only (the lookahead's audio may still be silenced by an interruption)."""
+        out = np.repeat(self._silence[None], len(frames), axis=0)  # frames before the stream: silence
+        pos = frames[frames >= 0]
+        if not len(pos):
+            return out, mouth
+        a, b = int(pos[0]), int(pos[-1]) + 1
+        spectral_set = "mel" if self.feature_set == "mel+prior" else self.feature_set
+        feats = frame_features(window.samples, window.first_sample, a, b - a, self._mel, spectral_set)
+        if mouth is not None:
+            parts = []
+            split = min(max(commit_until, a), b)
+            if split > a:
+                part, mouth = prior_features(window.samples, window.first_sample, a, split - a, mouth)
+                parts.append(part)
+            if b > split:
+                parts.append(prior_features(window.samples, window.first_sample, split, b - split, mouth)[0])
+            feats = np.concatenate([feats, np.concatenate(parts)], axis=1)
+        out[frames >= 0] = feats
+        return out, mouth
 
 
     def sample(self, noise: np.ndarray, carried: Any, known: Any, audio: Any, has_audio: Any, rest: Any) -> np.ndarray:

@@ -129,3 +129,43 @@ def test_the_written_out_ddim_sampler_is_diffusers_sampler(tmp_path: Path) -> No
     np.testing.assert_allclose(ours, theirs, atol=2e-4)
     assert np.abs(ours - sample(model, batch, torch.from_numpy(noise[None]), steps=5, guidance=1.0)[0].numpy()
                   ).max() > 1e-3  # guidance is applied
+
+
+@pytest.mark.parametrize("feature_set", ["mel", "mel+formants", "mel+prior"])
+def test_live_features_are_the_training_features(feature_set: str, tmp_path: Path) -> None:
+    """What the generator hears frame by frame, streaming, is exactly what training computed on the whole clip
+    (the articulation prior's filter included), however the audio arrives."""
+    from dataclasses import replace
+
+    import torch
+
+    from emote.model.motion.diffusion.denoiser import MotionDenoiser
+    from emote.model.motion.diffusion.features import clip_features, frame_dim
+    from tests.model.motion.diffusion._tiny import TINY, tiny_model
+
+    base = tiny_model()
+    model = MotionDenoiser(replace(TINY, audio_dim=frame_dim(feature_set)))
+    model.load_state_dict({k: v for k, v in base.state_dict().items() if not k.startswith(("audio_in", "audio_"))},
+                          strict=False)
+    with torch.no_grad():
+        model.mel.copy_(base.mel)
+        model.active.copy_(base.active)
+    model.save(tmp_path, {"features": feature_set, "generator": {"emit_frames": 2, "lookahead_frames": 1}})
+    generator = DiffusionGenerator(tmp_path)
+    x = talk(3.0)
+    expected = clip_features(x, 75, model.mel.numpy(), feature_set)
+    for chunk in (len(x), 333):
+        stream = MotionStream(generator, REST, fps=25.0)
+        seen = {}
+        for piece in chunked(x, chunk):
+            for window in stream.windower.push(piece):
+                _, stream.state = generator.generate(window, stream.state)
+                st = stream.state
+                for row in range(generator.carried):
+                    frame = st.model_frames - generator.carried + row
+                    if frame >= 0 and st.features_valid[row]:
+                        seen[frame] = st.features[row]
+        frames = sorted(seen)
+        assert frames[0] == 0 and len(frames) > 60
+        got = np.stack([seen[f] for f in frames]) * generator._audio_std + generator._audio_mean
+        np.testing.assert_allclose(got, expected[frames], rtol=1e-4, atol=1e-4)
