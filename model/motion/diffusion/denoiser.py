@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -67,6 +68,18 @@ class DenoiserConfig:
     @property
     def frames(self) -> int:
         return self.carried + self.generated
+
+
+def mouth_dims(active: np.ndarray | list[int]) -> list[int]:
+    """Motion dimensions (6 pose values first, then the active coefficients) that articulate: jaw, mouth.
+
+    A sample's random variation of these only adds lip-sync error, so they are taken from the teacher's
+    expected value given the audio, where the rest (head, eyes, brows) is sampled.
+    """
+    from emote.model.motion.interface import ARKIT_NAMES
+
+    articulating = ("jaw", "mouth", "tongue", "cheekPuff")
+    return [6 + i for i, c in enumerate(active) if ARKIT_NAMES[int(c)].startswith(articulating)]
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:

@@ -32,6 +32,7 @@ import numpy as np
 
 from emote.model.errors import DependencyError
 from emote.model.motion.baseline.mouth_dynamics import MouthFilter
+from emote.model.motion.diffusion.denoiser import mouth_dims
 from emote.model.motion.diffusion.features import (
     FPS,
     HOP,
@@ -132,6 +133,8 @@ class DiffusionGenerator:
         sampling = config.get("sampling", {})
         self.steps = int(sampling.get("steps", 1))  # 1: the distilled student; more: the teacher (DDIM)
         self.guidance = float(sampling.get("guidance", 1.0))
+        # A multi-step teacher takes the articulation from its first step (its expected value given the audio).
+        self._mean_dims = mouth_dims(self.model.active.tolist()) if sampling.get("mouth") == "expected" else []
         self.carried = cfg.carried
         self.window_frames = self.emit
         self.overlap_frames = cfg.carried
@@ -263,6 +266,7 @@ class DiffusionGenerator:
         x = torch.from_numpy(noise[None])
         timesteps = ddim_timesteps(self.steps)
         alphas = alphas_cumprod()
+        first = None
         with torch.inference_mode():
             for i, t in enumerate(timesteps):
                 tt = torch.full((1,), t, dtype=torch.long)
@@ -270,12 +274,16 @@ class DiffusionGenerator:
                 if self.guidance != 1.0:
                     unconditional = self.model(x, tt, carried, known, audio, silent, rest)
                     x0 = unconditional + self.guidance * (x0 - unconditional)
+                first = x0 if first is None else first
                 if i + 1 == len(timesteps):
                     break
                 a_t, a_prev = alphas[t], alphas[timesteps[i + 1]]
                 eps = (x - np.sqrt(a_t) * x0) / np.sqrt(1.0 - a_t)
                 x = (np.sqrt(a_prev) * x0 + np.sqrt(1.0 - a_prev) * eps).float()
-        return x0[0].numpy()
+        out = x0[0].numpy().copy()
+        if self._mean_dims and first is not None:
+            out[:, self._mean_dims] = first[0].numpy()[:, self._mean_dims]
+        return out
 
 
 assert HOP * 4 == _FRAME_SAMPLES and N_COEFFS == 52

@@ -23,7 +23,7 @@ T_MAX = 999
 
 @torch.no_grad()
 def rollout(model: MotionDenoiser, sampler: WindowSampler, copies: list[Copy], *, emit: int, lookahead: int,
-            steps: int = 1, guidance: float = 1.0, seed: int = 0) -> list[np.ndarray]:
+            steps: int = 1, guidance: float = 1.0, seed: int = 0, temperature: float = 1.0) -> list[np.ndarray]:
     """Generated normalised motion (T, D) of each clip, from its audio alone (the first frame as portrait)."""
     from emote.model.motion.diffusion.generator import alphas_cumprod, ddim_timesteps
 
@@ -31,6 +31,7 @@ def rollout(model: MotionDenoiser, sampler: WindowSampler, copies: list[Copy], *
     cfg = model.cfg
     k, s_len, d = cfg.carried, cfg.frames, cfg.motion_dim
     lengths = [len(c.motion) for c in copies]
+    mouth = list(sampler.mouth_dims)
     rests = [c.motion[int(c.rest_frames[0]), N_POSE:] for c in copies]
     start = np.stack([sampler.delta(np.r_[np.zeros(N_POSE), r], r) for r in rests]).astype(np.float32)
     history = [np.repeat(s[None], k, axis=0) for s in start]
@@ -55,18 +56,23 @@ def rollout(model: MotionDenoiser, sampler: WindowSampler, copies: list[Copy], *
         known[:, :k] = 1
         tensors = [torch.from_numpy(carried), known, torch.from_numpy(audio), torch.from_numpy(has_audio),
                    torch.from_numpy(np.stack([rests[i] for i in live]).astype(np.float32))]
-        x = torch.randn(b, s_len, d, generator=gen)
+        x = torch.randn(b, s_len, d, generator=gen) * temperature
         x0 = x
+        first = None
         for j, t in enumerate(timesteps):
             tt = torch.full((b,), t, dtype=torch.long)
             x0 = model(x, tt, *tensors)
             if guidance != 1.0:
                 silent = model(x, tt, tensors[0], tensors[1], tensors[2], torch.zeros_like(tensors[3]), tensors[4])
                 x0 = silent + guidance * (x0 - silent)
+            first = x0 if first is None else first
             if j + 1 < len(timesteps):
                 a_t, a_prev = alphas[t], alphas[timesteps[j + 1]]
                 eps = (x - np.sqrt(a_t) * x0) / np.sqrt(1.0 - a_t)
                 x = (np.sqrt(a_prev) * x0 + np.sqrt(1.0 - a_prev) * eps).float()
+        if first is not None and len(timesteps) > 1:  # the articulation as its expected value (see train.sample)
+            x0 = x0.clone()
+            x0[..., mouth] = first[..., mouth]
         block = x0[:, k : k + emit].numpy()
         for row, i in enumerate(live):
             history[i] = np.concatenate([history[i], block[row]])[-k:]
@@ -99,7 +105,7 @@ def rollout_metrics(sampler: WindowSampler, copies: list[Copy], generated: list[
 
 
 def evaluate_folder(dataset: str, folder: str, *, side: str = "validation", steps: int | None = None,
-                    guidance: float | None = None, seed: int = 0) -> dict[str, float]:
+                    guidance: float | None = None, seed: int = 0, temperature: float = 1.0) -> dict[str, float]:
     """:func:`rollout_metrics` of a saved model (``emote train``'s teacher/ or student/) on one side of a dataset."""
     from emote.model.motion.diffusion.dataset import dataset_clips
     from emote.model.motion.diffusion.features import clip_features
@@ -119,5 +125,6 @@ def evaluate_folder(dataset: str, folder: str, *, side: str = "validation", step
     generated = rollout(model, sampler, copies, emit=int(generator.get("emit_frames", 2)),
                         lookahead=int(generator.get("lookahead_frames", 1)),
                         steps=steps or int(sampling.get("steps", 1)),
-                        guidance=guidance if guidance is not None else float(sampling.get("guidance", 1.0)), seed=seed)
+                        guidance=guidance if guidance is not None else float(sampling.get("guidance", 1.0)), seed=seed,
+                        temperature=temperature)
     return rollout_metrics(sampler, copies, generated)

@@ -33,7 +33,7 @@ import torch
 
 from emote.model.errors import InputError
 from emote.model.motion.diffusion.dataset import dataset_clips
-from emote.model.motion.diffusion.denoiser import DenoiserConfig, MotionDenoiser
+from emote.model.motion.diffusion.denoiser import DenoiserConfig, MotionDenoiser, mouth_dims
 from emote.model.motion.diffusion.features import clip_features, frame_dim, mel_matrix
 from emote.model.motion.diffusion.rollout import rollout, rollout_metrics
 from emote.model.motion.diffusion.windows import WindowSampler, prepare_all, statistics
@@ -121,18 +121,26 @@ def _schedulers() -> tuple[Any, Any]:
 
 @torch.no_grad()
 def sample(model: MotionDenoiser, b: dict[str, torch.Tensor], noise: torch.Tensor, *, steps: int,
-           guidance: float) -> torch.Tensor:
-    """The teacher's motion for a batch of windows: DDIM from ``noise`` with classifier-free guidance."""
+           guidance: float, mean_dims: list[int] | None = None) -> torch.Tensor:
+    """The teacher's motion for a batch of windows: DDIM from ``noise`` with classifier-free guidance.
+
+    ``mean_dims`` are taken from the first step's prediction instead (at pure noise: the expected value
+    given the conditions), where a sample's own variation would only add error (the articulation)."""
     _, ddim = _schedulers()
     ddim.set_timesteps(steps)
     x, x0 = noise, noise
+    first: torch.Tensor | None = None
     silent = torch.zeros_like(b["has_audio"])
     for t in ddim.timesteps:
         tt = torch.full((len(x),), int(t), dtype=torch.long)
         cond = _forward(model, x, tt, b)
         x0 = cond if guidance == 1.0 else _forward(model, x, tt, b, silent) + guidance * (
             cond - _forward(model, x, tt, b, silent))
+        first = x0 if first is None else first
         x = ddim.step(x0, t, x).prev_sample
+    if mean_dims and first is not None:
+        x0 = x0.clone()
+        x0[..., mean_dims] = first[..., mean_dims]
     return x0
 
 
@@ -281,14 +289,16 @@ def train(dataset_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None 
                                   cfg.rollout_every)
     extra = {"train": asdict(cfg), "features": cfg.features,
              "generator": {"emit_frames": cfg.emit_frames, "lookahead_frames": cfg.lookahead_frames}}
-    teacher.save(out / "teacher", {**extra, "sampling": {"steps": cfg.sample_steps, "guidance": cfg.guidance}})
+    teacher.save(out / "teacher", {**extra, "sampling": {"steps": cfg.sample_steps, "guidance": cfg.guidance,
+                                                          "mouth": "expected"}})
     say(f"teacher samples for distillation: {cfg.pairs} windows x {cfg.sample_steps} steps")
+    mouth = mouth_dims(active)
     t0 = time.perf_counter()
     pairs = []
     for start in range(0, cfg.pairs, 256):
         b = _tensors(sampler.batch(rng, min(256, cfg.pairs - start)))
         noise = torch.randn(b["target"].shape, generator=torch.Generator().manual_seed(cfg.seed * 100003 + start))
-        b["target"] = sample(teacher, b, noise, steps=cfg.sample_steps, guidance=cfg.guidance)
+        b["target"] = sample(teacher, b, noise, steps=cfg.sample_steps, guidance=cfg.guidance, mean_dims=mouth)
         b["noise"] = noise
         pairs.append(b)
     say(f"teacher samples: {time.perf_counter() - t0:.0f} s")

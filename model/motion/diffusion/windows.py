@@ -31,7 +31,7 @@ import numpy as np
 from scipy.signal import fftconvolve, lfilter, resample_poly
 
 from emote.model.motion.diffusion.clips import FPS, SAMPLE_RATE, Clip
-from emote.model.motion.diffusion.denoiser import DenoiserConfig
+from emote.model.motion.diffusion.denoiser import DenoiserConfig, mouth_dims
 from emote.model.motion.diffusion.features import clip_features
 from emote.model.motion.interface import ARKIT_NAMES, COEFF_INDEX, N_POSE
 
@@ -140,8 +140,7 @@ class WindowSampler:
         self.mouth_unknown, self.emitted_weight = mouth_unknown, emitted_weight
         self.motion_mean, self.motion_std, self.audio_mean, self.audio_std = norm
         self.silence = (silence - self.audio_mean) / self.audio_std
-        mouth = [i for i, c in enumerate(active) if ARKIT_NAMES[c].startswith(("jaw", "mouth", "tongue", "cheekPuff"))]
-        self.mouth_dims = N_POSE + np.array(mouth, np.int64)
+        self.mouth_dims = np.array(mouth_dims(active), np.int64)
         lengths = np.array([len(c[0].motion) for c in clips], np.float64)
         self.weights = lengths / lengths.sum()
 
