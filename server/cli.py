@@ -262,16 +262,18 @@ def _serve(args: argparse.Namespace) -> None:
         import uvicorn
 
         from emote.model.assets import default_portrait_path
+        from emote.model.motion.registry import make_generator
         from emote.model.render.registry import prepare_portrait
         from emote.server.agent_ws import MAX_AUDIO_MESSAGE_BYTES
         from emote.server.app import create_app
         from emote.streaming.speech_gate import load_vad_model
 
-        # Analyse the default portrait and load the speech gate's model now: a bad --portrait fails
-        # here with its message, and the first caller does not wait for either.
+        # Analyse the default portrait and load the speech gate's and the motion model now: a bad --portrait
+        # or missing weights fail here with their message, and the first caller does not wait for them.
         print("emote: preparing the portrait and models ...", file=sys.stderr, flush=True)
         prepare_portrait(config.portrait or default_portrait_path(), size=config.size, face_index=0)
         load_vad_model()
+        make_generator(config.motion)
         sock.listen(128)  # from here, connections wait in the backlog until the server accepts them
     except BaseException:
         sock.close()
