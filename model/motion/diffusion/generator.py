@@ -133,8 +133,6 @@ class DiffusionGenerator:
         sampling = config.get("sampling", {})
         self.steps = int(sampling.get("steps", 1))  # 1: the distilled student; more: the teacher (DDIM)
         self.guidance = float(sampling.get("guidance", 1.0))
-        # A multi-step teacher takes the articulation from its first step (its expected value given the audio).
-        self._mean_dims = mouth_dims(self.model.active.tolist()) if sampling.get("mouth") == "expected" else []
         self.carried = cfg.carried
         self.window_frames = self.emit
         self.overlap_frames = cfg.carried
@@ -143,6 +141,10 @@ class DiffusionGenerator:
         self.lookahead_ms = 1000.0 * (self.lookahead * _FRAME_SAMPLES + MARGIN_SAMPLES) / SAMPLE_RATE
         m = self.model
         self._mean, self._std = m.motion_mean.numpy(), m.motion_std.numpy()
+        # The articulation's sampling path starts at the centre of the noise (0: its own random variation
+        # only adds lip-sync error); the head, eyes and brows are sampled (see TrainConfig.mouth_noise).
+        self._noise_scale = np.ones(self._mean.shape[0], np.float32)
+        self._noise_scale[mouth_dims(self.model.active.tolist())] = float(sampling.get("mouth_noise", 1.0))
         self._audio_mean, self._audio_std = m.audio_mean.numpy(), m.audio_std.numpy()
         self._mel = m.mel.numpy()
         self._silence = clip_features(np.zeros(_FRAME_SAMPLES, np.float32), 1, self._mel, self.feature_set)[0]
@@ -198,7 +200,8 @@ class DiffusionGenerator:
     def _noise(self, seed: int, block_start: int) -> np.ndarray:
         digest = hashlib.sha256(f"{seed}:{block_start}".encode()).digest()
         rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
-        return rng.standard_normal((self.model.cfg.frames, self._mean.shape[0])).astype(np.float32)
+        noise = rng.standard_normal((self.model.cfg.frames, self._mean.shape[0]))
+        return (noise * self._noise_scale).astype(np.float32)
 
     def _block(self, window: AudioWindow, st: DiffusionState, m0: int, history: np.ndarray, cached: np.ndarray,
                valid: np.ndarray, mouth: MouthFilter | None
@@ -266,7 +269,6 @@ class DiffusionGenerator:
         x = torch.from_numpy(noise[None])
         timesteps = ddim_timesteps(self.steps)
         alphas = alphas_cumprod()
-        first = None
         with torch.inference_mode():
             for i, t in enumerate(timesteps):
                 tt = torch.full((1,), t, dtype=torch.long)
@@ -274,16 +276,12 @@ class DiffusionGenerator:
                 if self.guidance != 1.0:
                     unconditional = self.model(x, tt, carried, known, audio, silent, rest)
                     x0 = unconditional + self.guidance * (x0 - unconditional)
-                first = x0 if first is None else first
                 if i + 1 == len(timesteps):
                     break
                 a_t, a_prev = alphas[t], alphas[timesteps[i + 1]]
                 eps = (x - np.sqrt(a_t) * x0) / np.sqrt(1.0 - a_t)
                 x = (np.sqrt(a_prev) * x0 + np.sqrt(1.0 - a_prev) * eps).float()
-        out = x0[0].numpy().copy()
-        if self._mean_dims and first is not None:
-            out[:, self._mean_dims] = first[0].numpy()[:, self._mean_dims]
-        return out
+        return x0[0].numpy()
 
 
 assert HOP * 4 == _FRAME_SAMPLES and N_COEFFS == 52

@@ -57,22 +57,18 @@ def rollout(model: MotionDenoiser, sampler: WindowSampler, copies: list[Copy], *
         tensors = [torch.from_numpy(carried), known, torch.from_numpy(audio), torch.from_numpy(has_audio),
                    torch.from_numpy(np.stack([rests[i] for i in live]).astype(np.float32))]
         x = torch.randn(b, s_len, d, generator=gen) * temperature
+        x[..., mouth] = 0.0  # the articulation's sampling path starts at the centre (as the generator's)
         x0 = x
-        first = None
         for j, t in enumerate(timesteps):
             tt = torch.full((b,), t, dtype=torch.long)
             x0 = model(x, tt, *tensors)
             if guidance != 1.0:
                 silent = model(x, tt, tensors[0], tensors[1], tensors[2], torch.zeros_like(tensors[3]), tensors[4])
                 x0 = silent + guidance * (x0 - silent)
-            first = x0 if first is None else first
             if j + 1 < len(timesteps):
                 a_t, a_prev = alphas[t], alphas[timesteps[j + 1]]
                 eps = (x - np.sqrt(a_t) * x0) / np.sqrt(1.0 - a_t)
                 x = (np.sqrt(a_prev) * x0 + np.sqrt(1.0 - a_prev) * eps).float()
-        if first is not None and len(timesteps) > 1:  # the articulation as its expected value (see train.sample)
-            x0 = x0.clone()
-            x0[..., mouth] = first[..., mouth]
         block = x0[:, k : k + emit].numpy()
         for row, i in enumerate(live):
             history[i] = np.concatenate([history[i], block[row]])[-k:]
