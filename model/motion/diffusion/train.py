@@ -5,8 +5,8 @@
    audio dropped 15 % of the time for classifier-free guidance. Loss: mean squared error of the
    generated frames (the ones a live call emits count double) plus the same on frame-to-frame
    velocity (from the last carried frame on, so windows join without a jump). An exponential moving
-   average of the weights is validated every few hundred steps on people the model never saw, and
-   the one that denoises them best is kept.
+   average of the weights is validated every few hundred steps on people the model never saw
+   (denoising, and generating their whole clips free-running from the audio) and kept at the end.
 2. **Pairs**: the teacher samples windows of the training clips with ``DDIMScheduler`` (25 steps,
    trailing spacing, guidance folded in) from seeded noise.
 3. **Student**: the teacher's copy learns to map the same noise straight to the teacher's motion in
@@ -51,7 +51,7 @@ class TrainConfig:
     Attributes:
         seed: everything random is drawn from it.
         batch: windows per step (128: ~0.2 s per teacher step on 2 cores).
-        teacher_steps: optimiser steps of the teacher (the best validated weights are kept).
+        teacher_steps: optimiser steps of the teacher.
         student_steps: steps of the one-step student.
         pairs: teacher samples the student learns from.
         lr: AdamW learning rate (warm-up, then cosine to 1 %).
@@ -64,7 +64,7 @@ class TrainConfig:
         audio_copies: audio copies per clip (copy 0 unaugmented).
         validate_every: steps between validations.
         rollout_every: steps between free-running validations (whole held-out clips generated from their
-            audio alone, as live; the weights kept are those whose jawOpen follows the real one best).
+            audio alone, as live: jawOpen against the real one, head motion, blinks).
         rollout_steps: DDIM steps of the teacher in those (the student always takes one).
         features: the audio feature set (:data:`~.features.FEATURE_SETS`).
         mouth_unknown: share of training windows whose carried mouth is replaced by noise.
@@ -189,11 +189,14 @@ def _lr(step: int, total: int, base: float, warmup: int = 300) -> float:
 def _fit(model: MotionDenoiser, steps: int, cfg: TrainConfig, next_batch: Callable[[int], tuple[torch.Tensor, ...]],
          check: Callable[[MotionDenoiser, bool], dict[str, float]], say: ProgressFn, name: str, rollout_every: int
          ) -> tuple[MotionDenoiser, list[dict[str, float]]]:
-    """The optimisation loop shared by teacher and student; returns the EMA weights whose free-running
-    validation lip sync (``rollout_jaw_r``) was best, and the curve."""
+    """The optimisation loop shared by teacher and student; returns the final EMA weights and the curve.
+
+    The validation people only watch: the free-running lip sync they give moved by less than its noise
+    between checkpoints (0.181, 0.179, 0.176 at 2000, 4000, 6000 teacher steps) while the held-out
+    denoising loss, head motion and blinks kept improving, so choosing by it would pick noise."""
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = copy.deepcopy(model)
-    best, best_score, curve, window = copy.deepcopy(ema), float("inf"), [], []
+    curve, window = [], []
     t0 = time.perf_counter()
     for step in range(steps):
         for group in opt.param_groups:
@@ -213,8 +216,6 @@ def _fit(model: MotionDenoiser, steps: int, cfg: TrainConfig, next_batch: Callab
                    "seconds": time.perf_counter() - t0}
             curve.append(row)
             window = []
-            if "rollout_jaw_r" in metrics and -metrics["rollout_jaw_r"] < best_score:
-                best, best_score = copy.deepcopy(ema), -metrics["rollout_jaw_r"]
             free = (f", free-running jaw r {metrics['rollout_jaw_r']:.3f}, yaw spread x"
                     f"{metrics['rollout_yaw_spread_ratio']:.2f}, {metrics['rollout_blinks_per_min']:.1f} blinks/min"
                     if "rollout_jaw_r" in metrics else "")
@@ -222,7 +223,7 @@ def _fit(model: MotionDenoiser, steps: int, cfg: TrainConfig, next_batch: Callab
                 f"{metrics['loss']:.4f} (sampled {metrics['sample_loss']:.4f}), next-frame jaw r "
                 f"{metrics['jaw_r']:.3f}, "
                 f"audio gap {metrics['audio_gap']:.4f}{free} ({row['seconds']:.0f} s)")
-    return best, curve
+    return ema, curve
 
 
 def train(dataset_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None = None,
@@ -281,8 +282,6 @@ def train(dataset_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None 
             metrics |= rollout_metrics(val_sampler, val_clips_copies, generated)
         return metrics
 
-    # Kept: the weights that, generating held-out people's clips from their audio alone, follow their
-    # jaw best (denoising next frames from real ones rewards copying the past, which free-running does not).
     teacher, teacher_curve = _fit(model, cfg.teacher_steps, cfg, teacher_batch, check, say, "teacher",
                                   cfg.rollout_every)
     extra = {"train": asdict(cfg), "features": cfg.features,
@@ -311,10 +310,10 @@ def train(dataset_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None 
         t = torch.full((cfg.batch,), T_MAX, dtype=torch.long)
         return (window_loss(_forward(student, b["noise"], t, b), b, net.carried),)
 
-    student_best, student_curve = _fit(student, cfg.student_steps, replace(cfg, lr=cfg.lr * 0.3), student_batch,
+    student, student_curve = _fit(student, cfg.student_steps, replace(cfg, lr=cfg.lr * 0.3), student_batch,
                                        lambda m, free: check(m, free, one_step=True), say, "student",
                                        cfg.validate_every)
-    student_best.save(out / "student", {**extra, "sampling": {"steps": 1, "guidance": 1.0, "mouth_noise": 0.0,
+    student.save(out / "student", {**extra, "sampling": {"steps": 1, "guidance": 1.0, "mouth_noise": 0.0,
                                                                 "distilled_guidance": cfg.guidance}})
     metrics = {"config": asdict(cfg), "denoiser": asdict(net), "teacher": teacher_curve, "student": student_curve,
                "train_minutes": sum(map(len, train_clips)) / 25 / 60,
