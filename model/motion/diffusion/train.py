@@ -324,13 +324,13 @@ def train(dataset_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None 
 
 
 def plot_curves(metrics: dict[str, Any], path: Path) -> None:
-    """Loss curves and validation lip sync of the teacher and the student, as a PNG."""
+    """Loss curves, validation lip sync and the free-running rollouts of teacher and student, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
     for name in ("teacher", "student"):
         rows = metrics[name]
         steps = [r["step"] for r in rows]
@@ -338,12 +338,18 @@ def plot_curves(metrics: dict[str, Any], path: Path) -> None:
         axes[0].plot(steps, [r["loss"] for r in rows], "--", label=f"{name} validation")
         axes[1].plot(steps, [r["jaw_r"] for r in rows], label=name)
         axes[2].plot(steps, [r["audio_gap"] for r in rows], label=name)
-    for ax, title in zip(axes, ("loss", "validation jawOpen r (first emitted frame)", "audio-dependence gap"),
-                         strict=True):
+        free = [r for r in rows if "rollout_jaw_r" in r]
+        if free:
+            at = [r["step"] for r in free]
+            axes[3].plot(at, [r["rollout_jaw_r"] for r in free], "o-", label=f"{name} jawOpen r")
+            axes[3].plot(at, [r["rollout_yaw_spread_ratio"] for r in free], "s--", label=f"{name} yaw spread / real")
+    titles = ("loss", "validation jawOpen r (first emitted frame)", "audio-dependence gap",
+              "free-running on held-out people (as live)")
+    for ax, title in zip(axes, titles, strict=True):
         ax.set_title(title)
         ax.set_xlabel("step")
-        ax.legend()
+        ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
