@@ -271,3 +271,24 @@ def test_real_video_audio_to_mouth_lag_is_plausible(name: str) -> None:
     envelope = em.audio_envelope(load_audio_16k(clip), len(tracks), tracks.fps)
     assert 0 <= em.audio_mouth_lag(envelope, tracks.mouth_opening) <= 4
     assert em.audio_mouth_correlations(envelope, tracks.mouth_opening).max() > 0.2
+
+
+def test_expression_change_sees_a_smile_come_and_go_not_tracker_jitter() -> None:
+    from emote.model.motion.interface import COEFF_INDEX
+
+    rng = np.random.default_rng(0)
+    n = 500
+    jitter = np.full((n, 52), 0.1) + rng.normal(0, 0.02, (n, 52))  # a face that never changes, measured noisily
+    still = em.expression_change(jitter, FPS)
+    smiling = jitter.copy()
+    t = np.arange(n) / FPS
+    for name in ("mouthSmileLeft", "mouthSmileRight", "browInnerUp"):
+        smiling[:, COEFF_INDEX[name]] += 0.3 * (np.sin(2 * np.pi * 0.2 * t) > 0)  # on for 2.5 s, off for 2.5 s
+    talking = jitter.copy()
+    talking[:, COEFF_INDEX["jawOpen"]] += 0.4 * np.abs(np.sin(2 * np.pi * 3 * t))  # speech is not expression
+    assert still < 0.01
+    assert em.expression_change(smiling, FPS) > 5 * still
+    assert em.expression_change(talking, FPS) == pytest.approx(still)
+    smiling[100:150] = np.nan  # frames without a face are skipped
+    assert np.isfinite(em.expression_change(smiling, FPS))
+    assert np.isnan(em.expression_change(jitter[:10], FPS))  # too short to say
