@@ -96,6 +96,7 @@ class LiveResults:
     phases: list[dict[str, Any]] = field(default_factory=list)
     reference: dict[str, float] = field(default_factory=dict)  # offline render of the agent speech
     lead_s: float = 0.0  # the generator's designed lip lead (model.motion.baseline.generator.LEAD_S)
+    motion: str = "baseline"  # the server's motion generator (emote serve --motion)
     wall_s: float = 0.0
 
 
@@ -132,7 +133,7 @@ def utterances(min_seconds: float) -> tuple[list[np.ndarray], list[float]]:
 
 
 def reference_offset(portrait: Path, said: list[np.ndarray], pauses: list[float], box: tuple[int, ...],
-                     seconds: float) -> dict[str, float]:
+                     seconds: float, motion: str = "baseline") -> dict[str, float]:
     """The A/V offset of an offline render of the agent's speech, measured as at the peer."""
     from bench.stages import make_motion
     from emote.model.render.registry import make_renderer, prepare_portrait
@@ -144,7 +145,7 @@ def reference_offset(portrait: Path, said: list[np.ndarray], pauses: list[float]
     kind = make_renderer()
     prepared = prepare_portrait(portrait, size=SIZE, face_index=0, renderer=kind)
     renderer = kind.session(prepared)
-    pose, coeffs, _ = make_motion(audio, prepared.framed.rest, fps=FPS)
+    pose, coeffs, _ = make_motion(audio, prepared.framed.rest, fps=FPS, motion=motion)
     x0, y0, x1, y1 = box
     weights = np.array([0.257, 0.504, 0.098], np.float32)  # BT.601 luma, as the I420 conversion computes it
     luma = np.array([16 + float((renderer.render(p, c)[y0:y1, x0:x1].astype(np.float32) @ weights).mean())
@@ -174,9 +175,9 @@ def _log_file(path: Path) -> Any:
     return path.open("wb")
 
 
-async def start_server(tmp: Path, env: dict[str, str], max_sessions: int) -> tuple[Any, str]:
+async def start_server(tmp: Path, env: dict[str, str], max_sessions: int, motion: str = "baseline") -> tuple[Any, str]:
     cmd = [sys.executable, "-m", "bench.live_server", str(tmp / "server-timings.json"), "--port", "0",
-           "--max-sessions", str(max_sessions), "--data-dir", str(tmp / "data")]
+           "--max-sessions", str(max_sessions), "--data-dir", str(tmp / "data"), "--motion", motion]
     with _log_file(tmp / "server.log") as stderr:
         proc = await asyncio.create_subprocess_exec(*cmd, cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE,
                                                     stderr=stderr)
@@ -295,10 +296,10 @@ async def _run(res: LiveResults, tmp: Path, phases: tuple[Phase, ...]) -> None:
     res.box = mouth_box(framed.landmarks, SIZE)
     log("offline reference render of the agent's speech (A/V offset built into the content)")
     agent_s = next(p.seconds for p in phases if p.mode == "agent")
-    res.reference = reference_offset(portrait, said, pauses, res.box, agent_s + 0.5)
+    res.reference = reference_offset(portrait, said, pauses, res.box, agent_s + 0.5, res.motion)
     log("starting emote serve")
     t = time.perf_counter()
-    server, url = await start_server(tmp, env, max(p.sessions for p in phases))
+    server, url = await start_server(tmp, env, max(p.sessions for p in phases), res.motion)
     res.server_start_s = time.perf_counter() - t
     try:
         for phase in phases:
@@ -326,7 +327,7 @@ async def _run(res: LiveResults, tmp: Path, phases: tuple[Phase, ...]) -> None:
             phase.pop("raw")
 
 
-def run_live(quick: bool) -> LiveResults:
+def run_live(quick: bool, motion: str = "baseline") -> LiveResults:
     """Measure the live server on this machine (see the module docstring).
 
     About 2 minutes (40 s with ``quick``); a full run on a busy machine waits up to
@@ -335,7 +336,9 @@ def run_live(quick: bool) -> LiveResults:
     from bench.machine import machine_lines
     from emote.model.motion.baseline.generator import LEAD_S
 
-    res = LiveResults(quick=quick, netns=in_loopback_namespace(), lead_s=LEAD_S)
+    # Only the baseline moves the lips ahead of their sound on purpose (LEAD_S); a learned model has no such lead.
+    res = LiveResults(quick=quick, netns=in_loopback_namespace(), lead_s=LEAD_S if motion == "baseline" else 0.0,
+                      motion=motion)
     if not res.netns:
         log("not in a loopback-only network namespace (make bench runs in one); the ICE allow-list and the "
             "127.0.0.1 listener keep every packet on loopback anyway")

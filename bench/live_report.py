@@ -199,7 +199,8 @@ def live_section(res: Any) -> str:
     lines += ["#### Method", "",
               "- Server: `emote serve` in its own process (`python -m bench.live_server`, which adds only timers "
               "around aiortc's video track and VP8 encoder): uvicorn + uvloop, the bundled portrait at 512x512, "
-              "25 fps, `BaselineGenerator`, the silero-vad speech gate on microphone audio, 2 render threads, aiortc "
+              f"25 fps, the `{getattr(res, 'motion', 'baseline')}` motion generator, the silero-vad speech gate on "
+              "microphone audio, 2 render threads, aiortc "
               "VP8 and Opus, ICE limited to 127.0.0.1.",
               "- Callers: one process each (`python -m bench.live_client`), the tests' aiortc peer "
               "(`tests/_rtc_client.py`) calling `POST /offer`: receives video and audio (decoding both), and in the "

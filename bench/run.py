@@ -245,17 +245,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", metavar="FILE", help="replace the generated section of this markdown file")
     parser.add_argument("--quick", action="store_true", help="smoke run: 10 s of speech, fewer repetitions")
     parser.add_argument("--only", choices=("offline", "live"), help="run one part; --write replaces only its section")
+    parser.add_argument("--motion", default="baseline", help="the live server's motion generator (serve --motion)")
     args = parser.parse_args(argv)
     # -- the live part (bench.live) -------------------------------------------------------------
     from bench.live import run_live
     from bench.live_report import keep_live, live_section, replace_live
 
     if args.only == "live":
-        section, update = live_section(run_live(args.quick)), replace_live
+        section, update = live_section(run_live(args.quick, args.motion)), replace_live
     else:
         res = run(args.quick)
         if args.only is None:
-            res.live = run_live(args.quick)
+            res.live = run_live(args.quick, args.motion)
         section = render_report(res)
 
         def update(old: str, new: str) -> str:
