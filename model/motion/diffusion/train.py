@@ -217,7 +217,8 @@ def _fit(model: MotionDenoiser, steps: int, cfg: TrainConfig, next_batch: Callab
             curve.append(row)
             window = []
             free = (f", free-running jaw r {metrics['rollout_jaw_r']:.3f}, yaw spread x"
-                    f"{metrics['rollout_yaw_spread_ratio']:.2f}, {metrics['rollout_blinks_per_min']:.1f} blinks/min"
+                    f"{metrics['rollout_yaw_spread_ratio']:.2f}, {metrics['rollout_blinks_per_min']:.1f} blinks/min "
+                    f"(real {metrics['real_blinks_per_min']:.1f})"
                     if "rollout_jaw_r" in metrics else "")
             say(f"{name} step {step + 1}/{steps}: train {row['train_loss']:.4f}, validation loss "
                 f"{metrics['loss']:.4f} (sampled {metrics['sample_loss']:.4f}), next-frame jaw r "

@@ -130,3 +130,25 @@ def test_a_whole_tiny_run_writes_models_the_generator_loads(dataset, tmp_path: P
     assert saved["config"]["teacher_steps"] == 12 and saved["student"][0]["jaw_r"] == metrics["student"][0]["jaw_r"]
     generator = DiffusionGenerator(tmp_path / "run" / "student")
     assert generator.window_frames == 2 and generator.model.cfg.width == 32
+
+
+def test_rollout_counts_closed_lids_not_dips(sampler: WindowSampler) -> None:
+    from emote.model.motion.diffusion.rollout import rollout_metrics
+
+    copies = [c[0] for c in sampler.clips]
+    real = [sampler.delta(c.motion, c.motion[int(c.rest_frames[0]), 6:]) for c in copies]
+    blink = [6 + list(sampler.active).index(COEFF_INDEX[n]) for n in ("eyeBlinkLeft", "eyeBlinkRight")]
+    std = sampler.motion_std[blink]
+
+    def with_lids(rise: float) -> list[np.ndarray]:
+        out = []
+        for g in real:
+            g = g.copy()
+            for start in range(10, len(g) - 5, 50):  # a blink every 2 s: 30 per minute
+                g[start : start + 4, blink] += rise / std
+            out.append(g)
+        return out
+
+    assert rollout_metrics(sampler, copies, real)["real_blinks_per_min"] == 0.0  # the synthetic people never blink
+    assert rollout_metrics(sampler, copies, with_lids(0.1))["rollout_blinks_per_min"] == 0.0  # dips of 0.1
+    assert rollout_metrics(sampler, copies, with_lids(0.6))["rollout_blinks_per_min"] == pytest.approx(30, abs=3)
