@@ -142,8 +142,9 @@ class DiffusionGenerator:
         m = self.model
         self._mean, self._std = m.motion_mean.numpy(), m.motion_std.numpy()
         # The articulation's sampling path starts at the centre of the noise (0: its own random variation
-        # only adds lip-sync error); the head, eyes and brows are sampled (see TrainConfig.mouth_noise).
-        self._noise_scale = np.ones(self._mean.shape[0], np.float32)
+        # only adds lip-sync error); the head, eyes and brows are sampled, at the temperature the config
+        # gives (TrainConfig.mouth_noise, TrainConfig.motion_noise).
+        self._noise_scale = np.full(self._mean.shape[0], float(sampling.get("motion_noise", 1.0)), np.float32)
         self._noise_scale[mouth_dims(self.model.active.tolist())] = float(sampling.get("mouth_noise", 1.0))
         self._audio_mean, self._audio_std = m.audio_mean.numpy(), m.audio_std.numpy()
         self._mel = m.mel.numpy()

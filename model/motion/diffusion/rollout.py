@@ -117,7 +117,7 @@ def rollout_metrics(sampler: WindowSampler, copies: list[Copy], generated: list[
 
 
 def evaluate_folder(dataset: str, folder: str, *, side: str = "validation", steps: int | None = None,
-                    guidance: float | None = None, seed: int = 0, temperature: float = 1.0) -> dict[str, float]:
+                    guidance: float | None = None, seed: int = 0, temperature: float | None = None) -> dict[str, float]:
     """:func:`rollout_metrics` of a saved model (``emote train``'s teacher/ or student/) on one side of a dataset."""
     from emote.model.motion.diffusion.dataset import dataset_clips
     from emote.model.motion.diffusion.features import clip_features
@@ -138,5 +138,5 @@ def evaluate_folder(dataset: str, folder: str, *, side: str = "validation", step
                         lookahead=int(generator.get("lookahead_frames", 1)),
                         steps=steps or int(sampling.get("steps", 1)),
                         guidance=guidance if guidance is not None else float(sampling.get("guidance", 1.0)), seed=seed,
-                        temperature=temperature)
+                        temperature=float(sampling.get("motion_noise", 1.0)) if temperature is None else temperature)
     return rollout_metrics(sampler, copies, generated)

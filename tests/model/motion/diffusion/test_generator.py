@@ -139,6 +139,12 @@ def test_the_written_out_ddim_sampler_is_diffusers_sampler(tmp_path: Path) -> No
     centred = DiffusionGenerator(tmp_path)._noise(seed=3, block_start=8)
     mouth = mouth_dims(model.active.tolist())
     assert mouth and (centred[:, mouth] == 0).all() and np.abs(centred[:, :6]).min() > 0
+    # The rest of the motion is sampled at the config's temperature (the same draw, scaled).
+    model.save(tmp_path, {"generator": {"emit_frames": 2, "lookahead_frames": 1},
+                          "sampling": {"steps": 1, "mouth_noise": 0.0, "motion_noise": 1.25}})
+    load_model.cache_clear()
+    warmer = DiffusionGenerator(tmp_path)._noise(seed=3, block_start=8)
+    assert np.allclose(warmer[:, :6], 1.25 * centred[:, :6]) and (warmer[:, mouth] == 0).all()
 
 
 @pytest.mark.parametrize("feature_set", ["mel", "mel+formants", "mel+prior"])
