@@ -50,6 +50,14 @@ def frame_dim(feature_set: str) -> int:
 #: Audio a frame's features need beyond its own 40 ms: half an analysis window on each side.
 MARGIN_SAMPLES = HALF_WIN
 _WINDOW = np.hanning(WIN).astype(np.float32)
+#: A microphone never records digital zero: every hop hears a fixed quiet hiss at -80 dBFS, indexed by
+#: the stream sample so any buffer gives the same features. Digital silence (a TTS pause, a muted track)
+#: then sounds like the quiet rooms the training videos were recorded in instead of log(0): the first
+#: model, never trained on it, opened the jaw to 0.14-0.25 in four seconds of zeros and kept it under
+#: 0.05 with -80 dBFS noise. Recordings' quiet stretches sit above it, except where a video's audio was
+#: gated to digital zero (7 of the 85 training and validation clips): those now read as a quiet room too.
+DITHER_RMS = 1e-4
+_DITHER = (np.random.default_rng(20261206).standard_normal(1 << 16) * DITHER_RMS).astype(np.float32)
 assert SAMPLE_RATE / FPS == HOP * HOPS_PER_FRAME
 
 
@@ -78,6 +86,8 @@ def hop_features(samples: np.ndarray, first_sample: int, first_hop: int, n_hops:
     if n_hops <= 0:
         return np.zeros((0, FEATURE_SETS[feature_set]), np.float32)
     frames = hop_frames(samples, first_sample, first_hop, n_hops).astype(np.float32)
+    at = (first_hop + np.arange(n_hops))[:, None] * HOP - HALF_WIN + np.arange(WIN)[None, :]  # stream samples
+    frames = frames + _DITHER[at % len(_DITHER)]
     power = np.abs(np.fft.rfft(frames * _WINDOW, n=N_FFT, axis=1)) ** 2
     log_mel = np.log(power @ mel + 1e-8)
     energy = np.log(np.mean(frames * frames, axis=1) + 1e-8)

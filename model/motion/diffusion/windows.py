@@ -19,7 +19,8 @@ What makes 16 minutes of ~50 people go further (every item is drawn anew for eve
 - the stream start (carried frames = the portrait) 10 % of the time, noise on the carried frames half
   of the time (the live model continues from its own, imperfect, frames), the carried frames' mouth
   replaced by noise half of the time (the mouth must come from the audio, not from continuing the
-  mouth it saw), and no audio at all 15 % of the time (classifier-free guidance).
+  mouth it saw), and no audio at all 15 % of the time (classifier-free guidance);
+- silence from a random frame on 10 % of the time, the mouth closing to the portrait's as it falls.
 """
 
 from __future__ import annotations
@@ -46,6 +47,12 @@ P_STREAM_START, P_CARRIED_NOISE, P_NO_AUDIO, P_MIRROR = 0.1, 0.5, 0.15, 0.5
 #: audio. Without it a model learns to continue the mouth it sees (smooth and easy to predict) and barely
 #: listens: free-running on held-out people, its jawOpen followed the real one at r 0.13.
 P_MOUTH_UNKNOWN = 0.5
+#: How often the audio falls silent inside a window (from a random frame on, as at the end of an
+#: utterance): the mouth closes over :data:`CLOSE_FRAMES` frames and stays at the portrait's, while the
+#: head, eyes and brows go on as recorded. Real pauses are too short and too few to teach that silence
+#: means a closed mouth: the first model opened the jaw to 0.14-0.25 in four seconds of silence.
+P_SILENCE = 0.1
+CLOSE_FRAMES = 3
 _JAW = COEFF_INDEX["jawOpen"]
 
 
@@ -150,8 +157,13 @@ class WindowSampler:
         return (v - self.motion_mean) / self.motion_std
 
     def window(self, rng: np.random.Generator, *, clip: int | None = None, start: int | None = None,
-               boundary: int | None = None, augment: bool = True) -> dict[str, np.ndarray]:
-        """One window (arrays of the denoiser's inputs without the batch axis, plus ``target`` and ``weight``)."""
+               boundary: int | None = None, augment: bool = True, silence_from: int | None = None
+               ) -> dict[str, np.ndarray]:
+        """One window (arrays of the denoiser's inputs without the batch axis, plus ``target`` and ``weight``).
+
+        ``silence_from``: the window frame from which the audio is silent (see :data:`P_SILENCE`); drawn
+        at random when augmenting.
+        """
         cfg = self.cfg
         k_c, s_len = cfg.carried, cfg.frames
         ci = int(rng.choice(len(self.clips), p=self.weights)) if clip is None else clip
@@ -174,6 +186,13 @@ class WindowSampler:
         x = self.delta(frames, rest).astype(np.float32)
         audio = np.where(inside[:, None], (cp.features[np.clip(idx, 0, n - 1)] - self.audio_mean) / self.audio_std,
                          self.silence).astype(np.float32)
+        if silence_from is None and augment and rng.random() < P_SILENCE:
+            silence_from = int(rng.integers(k_c - CLOSE_FRAMES, s_len))
+        if silence_from is not None:
+            audio[silence_from:] = self.silence
+            closing = np.clip((np.arange(s_len) - silence_from + 1) / CLOSE_FRAMES, 0.0, 1.0)[:, None]
+            shut = self.delta(portrait, rest)[self.mouth_dims]
+            x[:, self.mouth_dims] = x[:, self.mouth_dims] * (1.0 - closing) + shut * closing
         known = np.zeros(s_len, np.float32)
         known[:k_c] = 1.0
         carried = x.copy()

@@ -12,6 +12,7 @@ from emote.model.motion.diffusion.features import (
     N_MELS,
     clip_features,
     frame_features,
+    hop_features,
     mel_matrix,
 )
 
@@ -50,3 +51,16 @@ def test_loudness_pitch_and_voicing_show(mel: np.ndarray) -> None:
     assert loud[5:20, energy].mean() > quiet[5:20, energy].mean() + 10  # log energy
     assert loud[5:20, voicing].mean() > 0.9 and quiet[5:20, voicing].max() < 0.5
     np.testing.assert_allclose(np.exp(loud[5:20, pitch]) * 100, 200, rtol=0.03)  # log(f0 / 100 Hz)
+
+
+def test_digital_silence_sounds_like_a_quiet_room(mel: np.ndarray) -> None:
+    zeros = hop_features(np.zeros(16000, np.float32), 0, 10, 50, mel, "mel+formants")
+    hiss = (np.random.default_rng(5).standard_normal(16000) * 1e-4).astype(np.float32)  # -80 dBFS white noise
+    room = hop_features(hiss, 0, 10, 50, mel, "mel+formants")
+    bands = slice(0, 40)
+    assert np.all(np.isfinite(zeros))
+    assert np.abs(zeros[:, bands].mean(axis=0) - room[:, bands].mean(axis=0)).max() < 1.0  # nats; log(2) apart
+    assert zeros[:, bands].mean() > np.log(1e-8) + 1.0  # not the floor of log(0)
+    # The hiss belongs to the stream sample: the same hops from another buffer read the same features.
+    again = hop_features(np.zeros(8000, np.float32), 800, 10, 40, mel, "mel+formants")
+    np.testing.assert_array_equal(again, zeros[:40])

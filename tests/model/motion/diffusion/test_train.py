@@ -95,6 +95,24 @@ def test_windows_are_what_the_generator_builds(sampler: WindowSampler) -> None:
     assert wander(1.0) > 0.5 > 0.15 > wander(0.0)
 
 
+def test_silence_windows_close_the_mouth_and_keep_the_head(sampler: WindowSampler) -> None:
+    k = sampler.cfg.carried
+    jaw = 6 + list(sampler.active).index(COEFF_INDEX["jawOpen"])
+    for start in range(20, 120, 5):  # a stretch where the synthetic speaker's mouth is open
+        talking = sampler.window(np.random.default_rng(4), clip=0, start=start, augment=False)
+        shut = sampler.delta(np.r_[np.zeros(6), talking["rest"]][None], talking["rest"])[0]
+        if np.abs(talking["target"][k + 3 :, jaw] - shut[jaw]).max() > 0.5:
+            break
+    quiet = sampler.window(np.random.default_rng(4), clip=0, start=start, augment=False, silence_from=k + 1)
+    np.testing.assert_array_equal(quiet["audio"][: k + 1], talking["audio"][: k + 1])
+    assert (quiet["audio"][k + 1 :] == sampler.silence).all()
+    np.testing.assert_allclose(quiet["target"][k + 3 :, sampler.mouth_dims], np.broadcast_to(
+        shut[sampler.mouth_dims], quiet["target"][k + 3 :, sampler.mouth_dims].shape), atol=1e-6)  # closed
+    np.testing.assert_array_equal(quiet["target"][: k + 1], talking["target"][: k + 1])  # before: as recorded
+    np.testing.assert_array_equal(quiet["target"][:, :6], talking["target"][:, :6])  # the head goes on
+    assert np.abs(talking["target"][k + 3 :, jaw] - shut[jaw]).max() > 0.5  # the clip was talking there
+
+
 def test_the_sampling_loop_is_seeded_and_guided(sampler: WindowSampler) -> None:
     model = MotionDenoiser(sampler.cfg).eval()
     with torch.no_grad():
