@@ -11,7 +11,10 @@ ridge strength is chosen by leave-one-person-out cross-validation; held-out R² 
 region and per key coefficient is printed and stored in the weights file.
 
 Usage:
-    python -m emote.model.face.basis_fit --videos ../shared/data/videos --out model/weights/blendshape_basis.npz
+    python -m emote.model.face.basis_fit --videos VIDEO_DIR --out model/weights/blendshape_basis.npz
+
+``VIDEO_DIR`` is any folder of talking-head videos (the shipped basis was fitted on the team's
+research videos, which are not part of the repository; see ``model/weights/MODEL_CARD.md``).
 """
 
 from __future__ import annotations

@@ -20,7 +20,16 @@ from __future__ import annotations
 import numpy as np
 
 from emote.model.motion.baseline import audio_features as baseline_features
-from emote.model.motion.baseline.audio_features import HALF_WIN, HOP, WIN, _lpc_formants, _periodicity, hop_frames
+from emote.model.motion.baseline.audio_features import (
+    _FREQS,
+    _HIGH,
+    HALF_WIN,
+    HOP,
+    WIN,
+    _lpc_formants,
+    _periodicity,
+    hop_frames,
+)
 from emote.model.motion.baseline.mouth_dynamics import N_CHANNELS, MouthFilter, mouth_targets
 
 SAMPLE_RATE = 16000
@@ -58,7 +67,9 @@ _WINDOW = np.hanning(WIN).astype(np.float32)
 #: gated to digital zero (7 of the 85 training and validation clips): those now read as a quiet room too.
 DITHER_RMS = 1e-4
 _DITHER = (np.random.default_rng(20261206).standard_normal(1 << 16) * DITHER_RMS).astype(np.float32)
+_WIN_OFFSETS = np.arange(WIN) - HALF_WIN  # a hop's samples around its centre
 assert SAMPLE_RATE / FPS == HOP * HOPS_PER_FRAME
+assert len(_FREQS) == N_FFT // 2 + 1 and _FREQS[1] == SAMPLE_RATE / N_FFT  # the baseline's spectrum grid
 
 
 def mel_matrix() -> np.ndarray:
@@ -86,7 +97,7 @@ def hop_features(samples: np.ndarray, first_sample: int, first_hop: int, n_hops:
     if n_hops <= 0:
         return np.zeros((0, FEATURE_SETS[feature_set]), np.float32)
     frames = hop_frames(samples, first_sample, first_hop, n_hops).astype(np.float32)
-    at = (first_hop + np.arange(n_hops))[:, None] * HOP - HALF_WIN + np.arange(WIN)[None, :]  # stream samples
+    at = (first_hop + np.arange(n_hops))[:, None] * HOP + _WIN_OFFSETS  # the stream samples of each hop
     frames = frames + _DITHER[at % len(_DITHER)]
     power = np.abs(np.fft.rfft(frames * _WINDOW, n=N_FFT, axis=1)) ** 2
     log_mel = np.log(power @ mel + 1e-8)
@@ -95,15 +106,18 @@ def hop_features(samples: np.ndarray, first_sample: int, first_hop: int, n_hops:
     log_pitch = np.where(pitch > 0, np.log(np.maximum(pitch, 1.0) / 100.0), 0.0)
     columns = [log_mel, energy[:, None], voicing[:, None], log_pitch[:, None]]
     if feature_set == "mel+formants":
-        f1, f2 = _lpc_formants(frames)
         total = power.sum(axis=1) + 1e-12
-        freqs = np.fft.rfftfreq(N_FFT, 1.0 / SAMPLE_RATE)
-        high = power[:, freqs >= 3500.0].sum(axis=1) / total
-        centroid = (power * freqs).sum(axis=1) / total
-        columns += [np.where(f1 > 0, np.log(np.maximum(f1, 1.0) / 500.0), 0.0)[:, None],
-                    np.where(f2 > 0, np.log(np.maximum(f2, 1.0) / 1500.0), 0.0)[:, None], high[:, None],
+        high = power[:, _HIGH].sum(axis=1) / total
+        centroid = (power * _FREQS).sum(axis=1) / total
+        columns += [_log_formants(*_lpc_formants(frames)), high[:, None],
                     np.log(np.maximum(centroid, 1.0) / 1000.0)[:, None]]
     return np.concatenate(columns, axis=1).astype(np.float32)
+
+
+def _log_formants(f1: np.ndarray, f2: np.ndarray) -> np.ndarray:
+    """(n, 2) log F1 / 500 Hz and log F2 / 1500 Hz, 0 where a hop has no formant (unvoiced, silent)."""
+    return np.stack([np.where(f1 > 0, np.log(np.maximum(f1, 1.0) / 500.0), 0.0),
+                     np.where(f2 > 0, np.log(np.maximum(f2, 1.0) / 1500.0), 0.0)], axis=1)
 
 
 def frame_first_hop(frame: int) -> int:
@@ -139,10 +153,8 @@ def prior_features(samples: np.ndarray, first_sample: int, first_frame: int, n_f
     feats = baseline_features.hop_features(samples, first_sample, state.next_hop, n_hops)
     mouth, per_hop, state = mouth_targets(feats, state)
     skip = first_hop - feats.first_hop
-    f1, f2 = feats.f1_hz[skip:], feats.f2_hz[skip:]
     columns = np.concatenate([mouth[skip:], per_hop["speech"][skip:, None], per_hop["level"][skip:, None],
-                              np.where(f1 > 0, np.log(np.maximum(f1, 1.0) / 500.0), 0.0)[:, None],
-                              np.where(f2 > 0, np.log(np.maximum(f2, 1.0) / 1500.0), 0.0)[:, None]], axis=1)
+                              _log_formants(feats.f1_hz[skip:], feats.f2_hz[skip:])], axis=1)
     return columns.astype(np.float32).reshape(n_frames, HOPS_PER_FRAME * PRIOR_DIM), state
 
 

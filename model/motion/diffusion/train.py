@@ -140,9 +140,10 @@ def sample(model: MotionDenoiser, b: dict[str, torch.Tensor], noise: torch.Tenso
     silent = torch.zeros_like(b["has_audio"])
     for t in ddim.timesteps:
         tt = torch.full((len(x),), int(t), dtype=torch.long)
-        cond = _forward(model, x, tt, b)
-        x0 = cond if guidance == 1.0 else _forward(model, x, tt, b, silent) + guidance * (
-            cond - _forward(model, x, tt, b, silent))
+        x0 = _forward(model, x, tt, b)
+        if guidance != 1.0:
+            unconditional = _forward(model, x, tt, b, silent)
+            x0 = unconditional + guidance * (x0 - unconditional)
         x = ddim.step(x0, t, x).prev_sample
     return x0
 

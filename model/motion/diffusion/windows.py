@@ -184,6 +184,7 @@ class WindowSampler:
         portrait[N_POSE:] = rest
         frames = np.where(inside[:, None], motion[np.clip(idx, 0, n - 1)], portrait)
         x = self.delta(frames, rest).astype(np.float32)
+        still = self.delta(portrait, rest)  # the portrait itself as a model frame
         audio = np.where(inside[:, None], (cp.features[np.clip(idx, 0, n - 1)] - self.audio_mean) / self.audio_std,
                          self.silence).astype(np.float32)
         if silence_from is None and augment and rng.random() < P_SILENCE:
@@ -191,13 +192,12 @@ class WindowSampler:
         if silence_from is not None:
             audio[silence_from:] = self.silence
             closing = np.clip((np.arange(s_len) - silence_from + 1) / CLOSE_FRAMES, 0.0, 1.0)[:, None]
-            shut = self.delta(portrait, rest)[self.mouth_dims]
-            x[:, self.mouth_dims] = x[:, self.mouth_dims] * (1.0 - closing) + shut * closing
+            x[:, self.mouth_dims] = x[:, self.mouth_dims] * (1.0 - closing) + still[self.mouth_dims] * closing
         known = np.zeros(s_len, np.float32)
         known[:k_c] = 1.0
         carried = x.copy()
         if augment and rng.random() < P_STREAM_START:
-            carried[:k_c] = self.delta(portrait, rest)
+            carried[:k_c] = still
         elif augment and rng.random() < P_CARRIED_NOISE:
             carried[:k_c] += rng.normal(0, rng.uniform(0, 0.1), carried[:k_c].shape).astype(np.float32)
         if augment and rng.random() < self.mouth_unknown:
