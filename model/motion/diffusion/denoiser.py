@@ -4,9 +4,10 @@ One window is ``carried + generated`` frames (the last frames of the previous wi
 frames", then the frames to make). Every frame is one token, built from
 
 - the noisy motion of a generated frame, or the clean motion of a carried one, and which it is;
-- the frame's audio features (:mod:`~emote.model.motion.diffusion.features`) through a small causal
-  convolution over frames, or a learned *null audio* embedding where there is no audio yet (beyond
-  the lookahead) or where classifier-free guidance asks for none;
+- the frame's audio features (:mod:`~emote.model.motion.diffusion.features`), or what the fixed
+  articulation prior (:mod:`~emote.model.motion.diffusion.prior`) predicts from them beside the voice's
+  prosody, through a small causal convolution over frames, or a learned *null audio* embedding where
+  there is no audio yet (beyond the lookahead) or where classifier-free guidance asks for none;
 - a learned position.
 
 The diffusion time and the portrait's rest expression (its 52 coefficients) modulate every block
@@ -51,6 +52,10 @@ class DenoiserConfig:
         ff: feed-forward width (256).
         conv_frames: frames the audio convolution looks back over (5 = 200 ms, causal).
         dropout: against overfitting ~16 minutes of data.
+        prior_frames: frames the articulation prior (:mod:`~.prior`) reads; 0: the denoiser hears the
+            raw features instead (the models before it).
+        prior_dim: numbers the prior predicts per frame.
+        prosody_dim: raw feature columns heard beside the prior (energy, voicing, pitch).
     """
 
     motion_dim: int = 51
@@ -64,6 +69,9 @@ class DenoiserConfig:
     ff: int = 256
     conv_frames: int = 5
     dropout: float = 0.1
+    prior_frames: int = 0
+    prior_dim: int = 0
+    prosody_dim: int = 0
 
     @property
     def frames(self) -> int:
@@ -126,7 +134,8 @@ class MotionDenoiser(nn.Module):
         self.cfg = cfg
         w = cfg.width
         self.motion_in = nn.Linear(2 * cfg.motion_dim + 1, w)
-        self.audio_in = nn.Linear(cfg.audio_dim, w)
+        heard = cfg.prior_dim + cfg.prosody_dim if cfg.prior_frames else cfg.audio_dim
+        self.audio_in = nn.Linear(heard, w)
         self.audio_conv = nn.Conv1d(w, w, cfg.conv_frames)
         self.null_audio = nn.Parameter(torch.zeros(w))
         self.position = nn.Parameter(torch.zeros(cfg.frames, w))
@@ -144,6 +153,10 @@ class MotionDenoiser(nn.Module):
             self.register_buffer(name, torch.ones(size))
         self.register_buffer("mel", torch.zeros(257, 40))
         self.register_buffer("active", torch.arange(cfg.motion_dim - 6))
+        if cfg.prior_frames:  # fitted in closed form before training, then fixed (see the prior module)
+            self.register_buffer("prior_weight", torch.zeros(cfg.prior_dim, cfg.audio_dim, cfg.prior_frames))
+            self.register_buffer("prior_bias", torch.zeros(cfg.prior_dim))
+            self.register_buffer("prosody", torch.zeros(cfg.prosody_dim, dtype=torch.long))
 
     def forward(
         self, noisy: torch.Tensor, t: torch.Tensor, carried: torch.Tensor, known: torch.Tensor,
@@ -165,7 +178,7 @@ class MotionDenoiser(nn.Module):
         """
         k = known[..., None]
         x = self.motion_in(torch.cat([noisy * (1 - k), carried * k, k], dim=2))  # (B, S, W)
-        a = self.audio_in(audio).transpose(1, 2)  # (B, W, S)
+        a = self.audio_in(self.heard(audio)).transpose(1, 2)  # (B, W, S)
         a = self.audio_conv(nn.functional.pad(a, (self.cfg.conv_frames - 1, 0))).transpose(1, 2)  # causal
         h = has_audio[..., None]
         x = x + nn.functional.gelu(a) * h + self.null_audio * (1 - h) + self.position
@@ -173,6 +186,16 @@ class MotionDenoiser(nn.Module):
         for block in self.blocks:
             x = block(x, cond)
         return self.out(self.out_norm(x))
+
+    def heard(self, audio: torch.Tensor) -> torch.Tensor:
+        """(B, S, A) normalised features -> what the network hears of them: the features themselves, or the
+        articulation prior's predictions (causal over ``prior_frames``) beside the prosody columns."""
+        if not self.cfg.prior_frames:
+            return audio
+        padded = nn.functional.pad(audio.transpose(1, 2), (self.cfg.prior_frames - 1, 0))
+        weight, bias = self.get_buffer("prior_weight"), self.get_buffer("prior_bias")
+        prior = nn.functional.conv1d(padded, weight, bias).transpose(1, 2)
+        return torch.cat([prior, audio[..., self.get_buffer("prosody")]], dim=2)
 
     def array(self, name: str) -> Any:
         """A buffer (statistics, filterbank, active coefficients) as a numpy array."""

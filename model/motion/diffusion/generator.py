@@ -262,27 +262,38 @@ class DiffusionGenerator:
 
 
     def sample(self, noise: np.ndarray, carried: Any, known: Any, audio: Any, has_audio: Any, rest: Any) -> np.ndarray:
-        """(S, D) clean motion of one window from seeded noise: one step for the student; DDIM with
-        classifier-free guidance for a teacher (the sampler it was validated with, written out)."""
+        """(S, D) clean motion of one window from seeded noise (:func:`ddim_sample`)."""
         import torch
 
-        silent = torch.zeros_like(has_audio)
-        x = torch.from_numpy(noise[None])
-        timesteps = ddim_timesteps(self.steps)
-        alphas = alphas_cumprod()
-        with torch.inference_mode():
-            for i, t in enumerate(timesteps):
-                tt = torch.full((1,), t, dtype=torch.long)
-                x0 = self.model(x, tt, carried, known, audio, has_audio, rest)
-                if self.guidance != 1.0:
-                    unconditional = self.model(x, tt, carried, known, audio, silent, rest)
-                    x0 = unconditional + self.guidance * (x0 - unconditional)
-                if i + 1 == len(timesteps):
-                    break
-                a_t, a_prev = alphas[t], alphas[timesteps[i + 1]]
-                eps = (x - np.sqrt(a_t) * x0) / np.sqrt(1.0 - a_t)
-                x = (np.sqrt(a_prev) * x0 + np.sqrt(1.0 - a_prev) * eps).float()
+        x0 = ddim_sample(self.model, torch.from_numpy(noise[None]), (carried, known, audio, has_audio, rest),
+                         steps=self.steps, guidance=self.guidance)
         return x0[0].numpy()
+
+
+def ddim_sample(model: Any, noise: Any, inputs: tuple[Any, ...], *, steps: int, guidance: float) -> Any:
+    """(B, S, D) clean motion of a batch of windows from noise: one step for the student; DDIM with
+    classifier-free guidance for a teacher (the sampler it was validated with, written out so running a
+    model needs no diffusers). ``inputs``: carried, known, audio, has_audio, rest."""
+    import torch
+
+    carried, known, audio, has_audio, rest = inputs
+    silent = torch.zeros_like(has_audio)
+    x, x0 = noise, noise
+    timesteps = ddim_timesteps(steps)
+    alphas = alphas_cumprod()
+    with torch.inference_mode():
+        for i, t in enumerate(timesteps):
+            tt = torch.full((len(x),), t, dtype=torch.long)
+            x0 = model(x, tt, carried, known, audio, has_audio, rest)
+            if guidance != 1.0:
+                unconditional = model(x, tt, carried, known, audio, silent, rest)
+                x0 = unconditional + guidance * (x0 - unconditional)
+            if i + 1 == len(timesteps):
+                break
+            a_t, a_prev = alphas[t], alphas[timesteps[i + 1]]
+            eps = (x - np.sqrt(a_t) * x0) / np.sqrt(1.0 - a_t)
+            x = (np.sqrt(a_prev) * x0 + np.sqrt(1.0 - a_prev) * eps).float()
+    return x0
 
 
 assert HOP * 4 == _FRAME_SAMPLES and N_COEFFS == 52

@@ -25,7 +25,7 @@ T_MAX = 999
 def rollout(model: MotionDenoiser, sampler: WindowSampler, copies: list[Copy], *, emit: int, lookahead: int,
             steps: int = 1, guidance: float = 1.0, seed: int = 0, temperature: float = 1.0) -> list[np.ndarray]:
     """Generated normalised motion (T, D) of each clip, from its audio alone (the first frame as portrait)."""
-    from emote.model.motion.diffusion.generator import alphas_cumprod, ddim_timesteps
+    from emote.model.motion.diffusion.generator import ddim_sample
 
     model.eval()
     cfg = model.cfg
@@ -37,8 +37,6 @@ def rollout(model: MotionDenoiser, sampler: WindowSampler, copies: list[Copy], *
     history = [np.repeat(s[None], k, axis=0) for s in start]
     out: list[list[np.ndarray]] = [[] for _ in copies]
     gen = torch.Generator().manual_seed(seed)
-    alphas = alphas_cumprod()
-    timesteps = ddim_timesteps(steps)
     for m0 in range(0, max(lengths), emit):
         live = [i for i, n in enumerate(lengths) if m0 < n]
         b = len(live)
@@ -58,17 +56,7 @@ def rollout(model: MotionDenoiser, sampler: WindowSampler, copies: list[Copy], *
                    torch.from_numpy(np.stack([rests[i] for i in live]).astype(np.float32))]
         x = torch.randn(b, s_len, d, generator=gen) * temperature
         x[..., mouth] = 0.0  # the articulation's sampling path starts at the centre (as the generator's)
-        x0 = x
-        for j, t in enumerate(timesteps):
-            tt = torch.full((b,), t, dtype=torch.long)
-            x0 = model(x, tt, *tensors)
-            if guidance != 1.0:
-                silent = model(x, tt, tensors[0], tensors[1], tensors[2], torch.zeros_like(tensors[3]), tensors[4])
-                x0 = silent + guidance * (x0 - silent)
-            if j + 1 < len(timesteps):
-                a_t, a_prev = alphas[t], alphas[timesteps[j + 1]]
-                eps = (x - np.sqrt(a_t) * x0) / np.sqrt(1.0 - a_t)
-                x = (np.sqrt(a_prev) * x0 + np.sqrt(1.0 - a_prev) * eps).float()
+        x0 = ddim_sample(model, x, tuple(tensors), steps=steps, guidance=guidance)
         block = x0[:, k : k + emit].numpy()
         for row, i in enumerate(live):
             history[i] = np.concatenate([history[i], block[row]])[-k:]

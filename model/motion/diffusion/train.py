@@ -35,6 +35,14 @@ from emote.model.errors import InputError
 from emote.model.motion.diffusion.dataset import dataset_clips
 from emote.model.motion.diffusion.denoiser import DenoiserConfig, MotionDenoiser, mouth_dims
 from emote.model.motion.diffusion.features import clip_features, frame_dim, mel_matrix
+from emote.model.motion.diffusion.prior import (
+    PRIOR_FRAMES,
+    PRIOR_L2,
+    TARGET_LAGS,
+    fit_prior,
+    prior_r,
+    prosody_columns,
+)
 from emote.model.motion.diffusion.rollout import rollout, rollout_metrics
 from emote.model.motion.diffusion.windows import WindowSampler, prepare_all, statistics
 from emote.model.motion.interface import N_POSE
@@ -68,6 +76,9 @@ class TrainConfig:
         rollout_steps: DDIM steps of the teacher in those (the student always takes one).
         features: the audio feature set (:data:`~.features.FEATURE_SETS`).
         mouth_unknown: share of training windows whose carried mouth is replaced by noise.
+        prior_frames: frames of audio the articulation prior reads (:mod:`~.prior`; 0: none, the
+            denoiser hears the raw features).
+        prior_l2: the prior's ridge penalty per training frame.
         motion_noise: scale of the sampling noise of everything but the articulation (head, eyes, brows),
             written into the models' configs: 1.25, chosen on the training people's free-running rollouts
             (blinks 18.1/min against their real 20.0, where 1.0 gave 9.2: a one-window-at-a-time sampler
@@ -99,6 +110,8 @@ class TrainConfig:
     features: str = "mel+formants"
     mouth_unknown: float = 0.5
     motion_noise: float = 1.25
+    prior_frames: int = PRIOR_FRAMES
+    prior_l2: float = PRIOR_L2
 
 
 def _tensors(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -185,6 +198,10 @@ def _jaw_index() -> int:
     return COEFF_INDEX[_JAW_NAME]
 
 
+def _jaw_dim(active: np.ndarray) -> int:
+    return N_POSE + [int(a) for a in active].index(_jaw_index())
+
+
 def _lr(step: int, total: int, base: float, warmup: int = 300) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
@@ -257,8 +274,12 @@ def train(dataset_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None 
     train_copies = prepare_all(train_clips, mel, cfg.seed, cfg.audio_copies, say, cfg.features)
     val_copies = prepare_all(val_clips, mel, cfg.seed + 1, 1, feature_set=cfg.features)
     active, m_mean, m_std, a_mean, a_std = statistics(train_copies, silence)
-    net = replace(net or DenoiserConfig(), motion_dim=N_POSE + len(active), audio_dim=frame_dim(cfg.features))
     norm = (m_mean, m_std, a_mean, a_std)
+    mouth = mouth_dims(active)
+    prosody = prosody_columns(cfg.features)
+    net = replace(net or DenoiserConfig(), motion_dim=N_POSE + len(active), audio_dim=frame_dim(cfg.features),
+                  prior_frames=cfg.prior_frames, prior_dim=len(TARGET_LAGS) * len(mouth) if cfg.prior_frames else 0,
+                  prosody_dim=len(prosody) if cfg.prior_frames else 0)
     sampler = WindowSampler(train_copies, net, active, norm, silence, mouth_unknown=cfg.mouth_unknown)
     val_sampler = WindowSampler(val_copies, net, active, norm, silence)
     val_clips_copies = [c[0] for c in val_copies]
@@ -269,6 +290,15 @@ def train(dataset_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None 
     for name, value in (("motion_mean", m_mean), ("motion_std", m_std), ("audio_mean", a_mean), ("audio_std", a_std),
                         ("mel", mel), ("active", active)):
         getattr(model, name).copy_(torch.as_tensor(value))
+    if cfg.prior_frames:
+        weight, bias = fit_prior(train_copies, np.asarray(mouth), active, norm, silence, frames=cfg.prior_frames,
+                                 l2=cfg.prior_l2)
+        model.get_buffer("prior_weight").copy_(torch.from_numpy(weight))
+        model.get_buffer("prior_bias").copy_(torch.from_numpy(bias))
+        model.get_buffer("prosody").copy_(torch.from_numpy(prosody))
+        r = prior_r(weight, val_clips_copies, np.asarray(mouth), _jaw_dim(active), active, norm, silence)
+        say(f"articulation prior: {weight.shape[0]} outputs over {cfg.prior_frames} frames of audio, "
+            f"jawOpen r {r:.3f} on the validation people (its current-frame output)")
     say(f"denoiser: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, {net.motion_dim} motion "
         f"dims ({len(active)} active coefficients), {len(val_list)} validation windows")
     ddpm, _ = _schedulers()
@@ -296,7 +326,6 @@ def train(dataset_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None 
     teacher.save(out / "teacher", {**extra, "sampling": {"steps": cfg.sample_steps, "guidance": cfg.guidance,
                                                           "mouth_noise": 0.0, "motion_noise": cfg.motion_noise}})
     say(f"teacher samples for distillation: {cfg.pairs} windows x {cfg.sample_steps} steps")
-    mouth = mouth_dims(active)
     t0 = time.perf_counter()
     pairs = []
     for start in range(0, cfg.pairs, 256):

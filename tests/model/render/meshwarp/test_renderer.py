@@ -256,9 +256,10 @@ def test_blink_covers_the_eye_with_skin_without_smearing_it(
 def test_a_lowered_lid_covers_the_eye_instead_of_squashing_it(
     framed: FramedPortrait, renderer: MeshWarpSession, eye: str
 ) -> None:
-    """At eyeBlink 0.3 the lid comes ~45 % of the way down; the lower part of the eye is the photo's own."""
+    """At eyeBlink 0.2 (a quarter of the way from the photo's lid to BLINK_SHUT) the lid comes ~45 % of the
+    way down; the lower part of the eye is the photo's own."""
     upper, lower, loop, _ = EYES[eye]
-    frame = renderer.render(pose(), with_coeffs(framed.rest, eyeBlinkLeft=0.3, eyeBlinkRight=0.3))
+    frame = renderer.render(pose(), with_coeffs(framed.rest, eyeBlinkLeft=0.2, eyeBlinkRight=0.2))
     opening, _, _ = _eye_masks(framed, loop)
     inner = cv2.erode(opening.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
     y_low = framed.landmarks[lower, 1]
