@@ -1,12 +1,14 @@
 """The articulation prior: a heavily regularised linear map from the last few frames of audio to the mouth.
 
-Sixteen minutes of ~40 speakers are far too few for a network to learn, from 188 spectral numbers per
+Ten minutes of ~40 speakers are far too few for a network to learn, from 188 spectral numbers per
 frame, which sounds open a jaw without also learning who said them: the first denoisers, fed the
 features directly, followed the jaws of held-out people at r 0.20 free-running while following the
 training people's at 0.39. A linear map over the same features, shrunk hard (ridge regression with a
-penalty the size of the data), generalises far better: fitted on the training people, it follows the
-validation people's jawOpen at r 0.35 (pooled; median clip 0.42) with one frame of lookahead, and its
-r on the training people (0.33) is no higher, so it does not overfit (measured with the 2026-12 dataset).
+penalty the size of the data), generalises better: over frames -6..+4 it follows the validation
+people's jawOpen at r 0.33 (pooled; 0.35 on the training people: it does not overfit), where a
+penalty 100x weaker reaches 0.49 on the training people and only 0.26 on the validation ones. As
+fitted here (frames -8..0, causal) its current-frame output reaches r 0.27 on the validation people
+(``emote train`` prints it; measured with the 2026-12 dataset).
 
 The prior is fitted once, in closed form, before the teacher trains, and travels with the weights as
 fixed buffers of the denoiser (:class:`~.denoiser.MotionDenoiser`): a causal convolution over
@@ -27,8 +29,9 @@ from emote.model.motion.interface import N_POSE
 #: Frames of audio (this one and the ones before) the prior reads: the carried frames plus one, so a
 #: window's first generated frame has all of its context inside the window.
 PRIOR_FRAMES = 9
-#: Ridge penalty per training frame (on standardised features): chosen on the validation people among
-#: 0.7, 7 and 70 per frame (r 0.26 / 0.35 / 0.34 pooled with one frame of lookahead).
+#: Ridge penalty per training frame (on standardised features), chosen on the validation people's jawOpen
+#: (pooled r): over frames -6..+4, 0.30 / 0.33 at 0.7 / 7; over frames -8..+1 of features less their
+#: running mean, 0.35 / 0.34 / 0.30 at 7 / 20 / 70.
 PRIOR_L2 = 7.0
 #: Frames the prior's targets reach back: the mouth of the current frame and of the one before.
 TARGET_LAGS = (0, 1)

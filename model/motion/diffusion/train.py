@@ -36,7 +36,6 @@ from emote.model.motion.diffusion.dataset import dataset_clips
 from emote.model.motion.diffusion.denoiser import DenoiserConfig, MotionDenoiser, mouth_dims
 from emote.model.motion.diffusion.features import clip_features, frame_dim, mel_matrix
 from emote.model.motion.diffusion.prior import (
-    PRIOR_FRAMES,
     PRIOR_L2,
     TARGET_LAGS,
     fit_prior,
@@ -76,9 +75,18 @@ class TrainConfig:
         rollout_steps: DDIM steps of the teacher in those (the student always takes one).
         features: the audio feature set (:data:`~.features.FEATURE_SETS`).
         mouth_unknown: share of training windows whose carried mouth is replaced by noise.
-        prior_frames: frames of audio the articulation prior reads (:mod:`~.prior`; 0: none, the
-            denoiser hears the raw features).
+        prior_frames: frames of audio the articulation prior reads (:mod:`~.prior`, e.g. 9; 0: none, the
+            denoiser hears the raw features). Off: with it (run 8, 2026-12-07) the free-running jawOpen of
+            the validation people rose (r 0.247 against 0.201) but their rendered videos lost lip sync (r
+            0.15 against 0.24 in ``emote eval``), kept the mouth more open in silence (0.086 against 0.070)
+            and moved further from the portrait's identity (0.279 against 0.206).
         prior_l2: the prior's ridge penalty per training frame.
+        pose_smooth: sigma (frames) of a Gaussian smoothing of the measured head pose
+            (:data:`~.windows.POSE_SMOOTH_FRAMES`: 1.5 in runs 8 and 9; 0 keeps it as measured).
+        acceleration: weight of a second-difference term in the loss (0: none). Off: against the head's
+            block-to-block jitter, run 9 (weight 1, with pose_smooth 1.5) made it worse (free-running on
+            the validation people |second difference| of the head angles 1.47 °/frame² against run 8's
+            0.96) and halved the lip sync (jawOpen r 0.105 against run 7's 0.201).
         motion_noise: scale of the sampling noise of everything but the articulation (head, eyes, brows),
             written into the models' configs: 1.25, chosen on the training people's free-running rollouts
             (blinks 18.1/min against their real 20.0, where 1.0 gave 9.2: a one-window-at-a-time sampler
@@ -110,8 +118,10 @@ class TrainConfig:
     features: str = "mel+formants"
     mouth_unknown: float = 0.5
     motion_noise: float = 1.25
-    prior_frames: int = PRIOR_FRAMES
+    prior_frames: int = 0
     prior_l2: float = PRIOR_L2
+    pose_smooth: float = 0.0
+    acceleration: float = 0.0
 
 
 def _tensors(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -124,15 +134,23 @@ def _forward(model: MotionDenoiser, noisy: torch.Tensor, t: torch.Tensor, b: dic
                  b["rest"])
 
 
-def window_loss(pred: torch.Tensor, b: dict[str, torch.Tensor], carried: int) -> torch.Tensor:
-    """Weighted MSE of the generated frames plus MSE of their velocity (from the last carried frame)."""
+def window_loss(pred: torch.Tensor, b: dict[str, torch.Tensor], carried: int, acceleration: float = 0.0
+                ) -> torch.Tensor:
+    """Weighted MSE of the generated frames plus MSE of their velocity (from the last carried frame) plus,
+    weighted by ``acceleration``, MSE of their second differences (from the last two carried frames)."""
     w = b["weight"][..., None]
     mse = ((pred - b["target"]) ** 2 * w).sum() / (w.sum() * pred.shape[2]).clamp(min=1.0)
     seq_pred = torch.cat([b["carried"][:, carried - 1 : carried], pred[:, carried:]], dim=1)
     seq_true = b["target"][:, carried - 1 :]
     wv = (b["weight"][:, carried:] > 0).float()[..., None]
     vel = (((seq_pred.diff(dim=1) - seq_true.diff(dim=1)) ** 2) * wv).sum() / (wv.sum() * pred.shape[2]).clamp(min=1.0)
-    return mse + vel
+    if not acceleration:
+        return mse + vel
+    seq_pred = torch.cat([b["carried"][:, carried - 2 : carried], pred[:, carried:]], dim=1)
+    seq_true = b["target"][:, carried - 2 :]
+    acc = (((seq_pred.diff(n=2, dim=1) - seq_true.diff(n=2, dim=1)) ** 2) * wv).sum() / (
+        wv.sum() * pred.shape[2]).clamp(min=1.0)
+    return mse + vel + acceleration * acc
 
 
 def _schedulers() -> tuple[Any, Any]:
@@ -271,8 +289,8 @@ def train(dataset_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None 
         f"{len(val_clips)} validation clips ({sum(map(len, val_clips)) / 25 / 60:.1f} min)")
     mel = mel_matrix()
     silence = clip_features(np.zeros(640, np.float32), 1, mel, cfg.features)[0]
-    train_copies = prepare_all(train_clips, mel, cfg.seed, cfg.audio_copies, say, cfg.features)
-    val_copies = prepare_all(val_clips, mel, cfg.seed + 1, 1, feature_set=cfg.features)
+    train_copies = prepare_all(train_clips, mel, cfg.seed, cfg.audio_copies, say, cfg.features, cfg.pose_smooth)
+    val_copies = prepare_all(val_clips, mel, cfg.seed + 1, 1, feature_set=cfg.features, pose_smooth=cfg.pose_smooth)
     active, m_mean, m_std, a_mean, a_std = statistics(train_copies, silence)
     norm = (m_mean, m_std, a_mean, a_std)
     mouth = mouth_dims(active)
@@ -308,7 +326,7 @@ def train(dataset_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None 
         noise = torch.randn(b["target"].shape)
         t = torch.randint(0, T_MAX + 1, (cfg.batch,))
         pred = _forward(model, ddpm.add_noise(b["target"], noise, t), t, b)
-        return (window_loss(pred, b, net.carried),)
+        return (window_loss(pred, b, net.carried, cfg.acceleration),)
 
     def check(m: MotionDenoiser, free: bool, one_step: bool = False) -> dict[str, float]:
         metrics = validate(m, val, net, one_step=one_step, guidance=cfg.guidance, sample_steps=10)
@@ -344,7 +362,7 @@ def train(dataset_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None 
         pick = torch.from_numpy(rng.integers(0, len(pool["noise"]), cfg.batch))
         b = {k: v[pick] for k, v in pool.items()}
         t = torch.full((cfg.batch,), T_MAX, dtype=torch.long)
-        return (window_loss(_forward(student, b["noise"], t, b), b, net.carried),)
+        return (window_loss(_forward(student, b["noise"], t, b), b, net.carried, cfg.acceleration),)
 
     student, student_curve = _fit(student, cfg.student_steps, replace(cfg, lr=cfg.lr * 0.3), student_batch,
                                        lambda m, free: check(m, free, one_step=True), say, "student",

@@ -54,11 +54,12 @@ P_MOUTH_UNKNOWN = 0.5
 #: means a closed mouth: the first model opened the jaw to 0.14-0.25 in four seconds of silence.
 P_SILENCE = 0.1
 CLOSE_FRAMES = 3
-#: Width (Gaussian sigma, frames) of the zero-phase smoothing of the measured head pose before training.
-#: MediaPipe's pose jitters from frame to frame (|second difference| 0.57 °/frame² averaged over the
-#: training clips' rotations), and the first models learned that jitter as head motion (1.6 °/frame²
-#: generated, the analytic baseline 0.03). At 1.5 frames it falls to 0.12 while the spread of the head's
-#: rotations keeps 97 % of its size (3.13 of 3.24 °).
+#: Width (Gaussian sigma, frames) of a zero-phase smoothing of the measured head pose that training runs 8
+#: and 9 used (``TrainConfig.pose_smooth``; off by default, as in the shipped run 7). MediaPipe's pose
+#: jitters from frame to frame (|second difference| 0.57 °/frame² averaged over the training clips'
+#: rotations); at 1.5 frames it falls to 0.12 while the spread of the head's rotations keeps 97 % of its
+#: size (3.13 of 3.24 °). It did not take the jitter out of the models (run 8 free-running: 0.96 °/frame²,
+#: 0.69 with no sampling noise): that jitter is the block-by-block sampler's own (BENCHMARKS.md).
 POSE_SMOOTH_FRAMES = 1.5
 _JAW = COEFF_INDEX["jawOpen"]
 
@@ -120,11 +121,14 @@ class Copy:
 
 
 def prepare_copies(clip: Clip, mel: np.ndarray, rng: np.random.Generator, copies: int,
-                   feature_set: str = "mel") -> list[Copy]:
-    """Copy 0 as recorded, then ``copies - 1`` augmented ones."""
+                   feature_set: str = "mel", pose_smooth: float = 0.0) -> list[Copy]:
+    """Copy 0 as recorded, then ``copies - 1`` augmented ones; the pose smoothed over ``pose_smooth`` frames
+    (a Gaussian's sigma; 0 keeps it as measured)."""
     audio = clip.audio.astype(np.float32) / 32768.0
-    pose = gaussian_filter1d(clip.pose.astype(np.float64), POSE_SMOOTH_FRAMES, axis=0, mode="nearest")
-    motion = np.concatenate([pose.astype(np.float32), clip.coeffs], axis=1)
+    pose = clip.pose
+    if pose_smooth > 0:
+        pose = gaussian_filter1d(pose.astype(np.float64), pose_smooth, axis=0, mode="nearest").astype(np.float32)
+    motion = np.concatenate([pose, clip.coeffs], axis=1)
     motion[:, 5] = np.log(np.maximum(motion[:, 5], 1e-3))  # scale as log scale: symmetric around 0
     out = []
     for k in range(copies):
@@ -249,11 +253,12 @@ def statistics(clips: list[list[Copy]], silence: np.ndarray) -> tuple[np.ndarray
 
 
 def prepare_all(clips: list[Clip], mel: np.ndarray, seed: int, copies: int,
-                progress: Callable[[str], None] | None = None, feature_set: str = "mel") -> list[list[Copy]]:
+                progress: Callable[[str], None] | None = None, feature_set: str = "mel",
+                pose_smooth: float = 0.0) -> list[list[Copy]]:
     rng = np.random.default_rng(seed)
     out = []
     for i, clip in enumerate(clips):
-        out.append(prepare_copies(clip, mel, rng, copies, feature_set))
+        out.append(prepare_copies(clip, mel, rng, copies, feature_set, pose_smooth))
         if progress and (i + 1) % 20 == 0:
             progress(f"features: {i + 1}/{len(clips)} clips")
     return out

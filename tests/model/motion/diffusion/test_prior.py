@@ -13,7 +13,7 @@ from emote.model.motion.diffusion.clips import Clip
 from emote.model.motion.diffusion.denoiser import MotionDenoiser, mouth_dims
 from emote.model.motion.diffusion.features import N_MELS, clip_features, hop_features, mel_matrix
 from emote.model.motion.diffusion.prior import TARGET_LAGS, fit_prior, prior_r, prosody_columns
-from emote.model.motion.diffusion.windows import prepare_all, prepare_copies, statistics
+from emote.model.motion.diffusion.windows import POSE_SMOOTH_FRAMES, prepare_all, prepare_copies, statistics
 from tests.model.motion.diffusion._tiny import TINY, tiny_model
 from tests.model.motion.diffusion.test_train import synthetic_clip
 
@@ -81,7 +81,8 @@ def test_training_pose_loses_the_trackers_jitter_not_the_head_motion() -> None:
     jitter = np.random.default_rng(0).standard_normal(len(clip.pose)).astype(np.float32)
     pose = clip.pose.copy()
     pose[:, 0] += 0.7 * jitter
-    [copy] = prepare_copies(Clip(pose, clip.coeffs, clip.audio), MEL, np.random.default_rng(0), 1)
+    [copy] = prepare_copies(Clip(pose, clip.coeffs, clip.audio), MEL, np.random.default_rng(0), 1,
+                            pose_smooth=POSE_SMOOTH_FRAMES)
     yaw = copy.motion[:, 0]
     assert np.abs(np.diff(yaw, 2)).mean() < np.abs(np.diff(pose[:, 0], 2)).mean() / 4
     assert abs(yaw.std() - clip.pose[:, 0].std()) < 0.1 * clip.pose[:, 0].std()

@@ -170,3 +170,18 @@ def test_rollout_counts_closed_lids_not_dips(sampler: WindowSampler) -> None:
     assert rollout_metrics(sampler, copies, real)["real_blinks_per_min"] == 0.0  # the synthetic people never blink
     assert rollout_metrics(sampler, copies, with_lids(0.1))["rollout_blinks_per_min"] == 0.0  # dips of 0.1
     assert rollout_metrics(sampler, copies, with_lids(0.6))["rollout_blinks_per_min"] == pytest.approx(30, abs=3)
+
+
+def test_the_acceleration_term_charges_jitter_not_a_smooth_error(sampler: WindowSampler) -> None:
+    """Two predictions with the same squared error: one zig-zags from frame to frame (the block-to-block
+    jitter the first models had), one is off by a constant. Only the zig-zag pays the acceleration term."""
+    b = _tensors(sampler.batch(np.random.default_rng(3), 8, augment=False))  # carried frames as recorded
+    k = sampler.cfg.carried
+    sign = torch.ones(sampler.cfg.frames)
+    sign[1::2] = -1.0
+    zigzag = b["target"] + 0.1 * sign[None, :, None]
+    offset = b["target"] + 0.1
+    extra = {name: float(window_loss(pred, b, k, acceleration=1.0) - window_loss(pred, b, k))
+             for name, pred in (("zigzag", zigzag), ("offset", offset))}
+    assert float(window_loss(b["target"], b, k, acceleration=1.0)) == 0.0
+    assert extra["zigzag"] > 10 * extra["offset"] > 0, extra
