@@ -16,6 +16,10 @@ fixed buffers of the denoiser (:class:`~.denoiser.MotionDenoiser`): a causal con
 current frame and of the frame before it (the latter hears one frame of lookahead). The denoiser then
 hears the prior's predictions and the voice's prosody (energy, voicing, pitch: what head motion and
 brows follow) instead of the raw spectrum.
+
+It is an option (``TrainConfig.prior_frames``), off by default: the model trained with it (run 8) did
+better free-running but worse in rendered videos than the shipped one (BENCHMARKS.md, "Two more
+training runs").
 """
 
 from __future__ import annotations
