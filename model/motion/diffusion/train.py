@@ -35,13 +35,7 @@ from emote.model.errors import InputError
 from emote.model.motion.diffusion.dataset import dataset_clips
 from emote.model.motion.diffusion.denoiser import DenoiserConfig, MotionDenoiser, mouth_dims
 from emote.model.motion.diffusion.features import clip_features, frame_dim, mel_matrix
-from emote.model.motion.diffusion.prior import (
-    PRIOR_L2,
-    TARGET_LAGS,
-    fit_prior,
-    prior_r,
-    prosody_columns,
-)
+from emote.model.motion.diffusion.prior import PRIOR_L2, TARGET_LAGS, fit_prior, prior_r, prosody_columns
 from emote.model.motion.diffusion.rollout import rollout, rollout_metrics
 from emote.model.motion.diffusion.windows import WindowSampler, prepare_all, statistics
 from emote.model.motion.interface import N_POSE
@@ -75,18 +69,12 @@ class TrainConfig:
         rollout_steps: DDIM steps of the teacher in those (the student always takes one).
         features: the audio feature set (:data:`~.features.FEATURE_SETS`).
         mouth_unknown: share of training windows whose carried mouth is replaced by noise.
-        prior_frames: frames of audio the articulation prior reads (:mod:`~.prior`, e.g. 9; 0: none, the
-            denoiser hears the raw features). Off: with it (run 8, 2026-12-07) the free-running jawOpen of
-            the validation people rose (r 0.247 against 0.201) but their rendered videos lost lip sync (r
-            0.15 against 0.24 in ``emote eval``), kept the mouth more open in silence (0.086 against 0.070)
-            and moved further from the portrait's identity (0.279 against 0.206).
+        prior_frames: frames of audio the articulation prior reads (:mod:`~.prior`, e.g. 9; 0: none). Off:
+            run 8 with it lost to run 7 in ``emote eval`` (lip sync 0.15 vs 0.24, identity 0.279 vs 0.206).
         prior_l2: the prior's ridge penalty per training frame.
-        pose_smooth: sigma (frames) of a Gaussian smoothing of the measured head pose
-            (:data:`~.windows.POSE_SMOOTH_FRAMES`: 1.5 in runs 8 and 9; 0 keeps it as measured).
-        acceleration: weight of a second-difference term in the loss (0: none). Off: against the head's
-            block-to-block jitter, run 9 (weight 1, with pose_smooth 1.5) made it worse (free-running on
-            the validation people |second difference| of the head angles 1.47 °/frame² against run 8's
-            0.96) and halved the lip sync (jawOpen r 0.105 against run 7's 0.201).
+        pose_smooth: sigma (frames) of a Gaussian smoothing of the measured head pose (runs 8 and 9: 1.5).
+        acceleration: weight of a second-difference loss term. Off: run 9 (1.0) jittered more (1.47 °/frame²
+            against run 7's 1.21) and its free-running jawOpen r fell to 0.105 (run 7: 0.201).
         motion_noise: scale of the sampling noise of everything but the articulation (head, eyes, brows),
             written into the models' configs: 1.25, chosen on the training people's free-running rollouts
             (blinks 18.1/min against their real 20.0, where 1.0 gave 9.2: a one-window-at-a-time sampler
