@@ -27,8 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from emote.model.motion.diffusion.features import FEATURE_SETS, HOPS_PER_FRAME, N_MELS
-from emote.model.motion.diffusion.windows import Copy
-from emote.model.motion.interface import N_POSE
+from emote.model.motion.diffusion.windows import Copy, rest_deltas
 
 #: Frames of audio (this one and the ones before) the prior reads: the carried frames plus one, so a
 #: window's first generated frame has all of its context inside the window.
@@ -79,9 +78,7 @@ def fit_prior(copies: list[list[Copy]], mouth: np.ndarray, active: np.ndarray,
     x_sum, y_sum, n = np.zeros(frames * a_dim), np.zeros(xty.shape[1]), 0
     for clip in copies:
         for c in clip:
-            rest = c.motion[c.rest_frames].mean(axis=0)[N_POSE:]
-            v = np.concatenate([c.motion[:, :N_POSE], c.motion[:, N_POSE + active] - rest[active]], axis=1)
-            target = ((v - m_mean) / m_std)[:, mouth]
+            target = ((rest_deltas(c, active) - m_mean) / m_std)[:, mouth]
             x = _context(((c.features - a_mean) / a_std).astype(np.float64), quiet, frames)[lag_max:]
             y = np.concatenate([target[lag_max - lag : len(target) - lag] for lag in TARGET_LAGS], axis=1)
             xtx += x.T @ x
@@ -111,10 +108,7 @@ def prior_r(weight: np.ndarray, copies: list[Copy], mouth: np.ndarray, dim: int,
     predicted, real = [], []
     for c in copies:
         x = _context((c.features - a_mean) / a_std, (silence - a_mean) / a_std, frames)
-        rest = c.motion[c.rest_frames].mean(axis=0)[N_POSE:]
-        value = c.motion[:, dim] if dim < N_POSE else c.motion[:, N_POSE + active[dim - N_POSE]] - rest[
-            active[dim - N_POSE]]
-        truth = (value - m_mean[dim]) / m_std[dim]
+        truth = (rest_deltas(c, active)[:, dim] - m_mean[dim]) / m_std[dim]
         guess = x @ flat
         predicted.append(guess - guess.mean())
         real.append(truth - truth.mean())

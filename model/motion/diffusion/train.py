@@ -190,8 +190,7 @@ def validate(model: MotionDenoiser, windows: dict[str, torch.Tensor], cfg: Denoi
     x0 = (_forward(model, noise, tt, windows) if one_step
           else sample(model, windows, noise, steps=sample_steps, guidance=guidance))
     out["sample_loss"] = float(window_loss(x0, windows, cfg.carried))
-    active = [int(v) for v in torch.as_tensor(model.active)]
-    jaw = N_POSE + active.index(_jaw_index())
+    jaw = _jaw_dim(model.array("active"))
     k = cfg.carried
     out["jaw_r"] = float(np.corrcoef(x0[:, k, jaw].numpy(), windows["target"][:, k, jaw].numpy())[0, 1])
     model.train()

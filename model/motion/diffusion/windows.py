@@ -235,17 +235,20 @@ class WindowSampler:
                 for c, copies in enumerate(self.clips) for s in range(0, len(copies[0].motion), stride)]
 
 
+def rest_deltas(copy: Copy, active: np.ndarray) -> np.ndarray:
+    """(T, 6 + len(active)) unnormalised model vectors of a copy: its pose, and its active coefficients
+    minus their mean over the copy's rest frames (the typical closed-mouth portrait)."""
+    m = copy.motion
+    rest = m[copy.rest_frames].mean(axis=0)[N_POSE:]
+    return np.concatenate([m[:, :N_POSE], m[:, N_POSE + active] - rest[active]], axis=1)
+
+
 def statistics(clips: list[list[Copy]], silence: np.ndarray) -> tuple[np.ndarray, ...]:
     """Active coefficients and normalisation statistics from the training clips' recorded copies."""
     motion = np.concatenate([c[0].motion for c in clips])
     spread = np.mean([c[0].motion[:, N_POSE:].std(axis=0) for c in clips], axis=0)
     active = np.flatnonzero(spread >= MIN_COEFF_STD)
-    deltas = []
-    for copies in clips:
-        m = copies[0].motion
-        rest = m[copies[0].rest_frames].mean(axis=0)[N_POSE:]
-        deltas.append(np.concatenate([m[:, :N_POSE], m[:, N_POSE + active] - rest[active]], axis=1))
-    d = np.concatenate(deltas)
+    d = np.concatenate([rest_deltas(copies[0], active) for copies in clips])
     features = np.concatenate([copies[k].features for copies in clips for k in range(len(copies))])
     assert len(motion) == sum(len(c[0].motion) for c in clips)
     return (active, d.mean(0).astype(np.float32), np.maximum(d.std(0), 0.02).astype(np.float32),
@@ -264,4 +267,4 @@ def prepare_all(clips: list[Clip], mel: np.ndarray, seed: int, copies: int,
     return out
 
 
-__all__ = ["FPS", "Copy", "WindowSampler", "augment_audio", "mirror_pairs", "prepare_all", "statistics"]
+__all__ = ["FPS", "Copy", "WindowSampler", "augment_audio", "mirror_pairs", "prepare_all", "rest_deltas", "statistics"]
