@@ -11,10 +11,11 @@ The cadence never stalls. When nothing is ready at a deadline the frame is
 *late*: the last image repeats with silence, and the queued entries play one
 period later. When a puller falls two or more periods behind (a stalled event
 loop), it skips to the present instead of bursting. When late frames have
-pushed the queue past ``catch_up_frames``, entries without avatar speech
-(idle or live-microphone frames, whose sound is not sent back) are dropped
-until the queue is short again, so live latency does not creep up; entries
-carrying speech are never dropped.
+pushed the queue past ``catch_up_frames`` (the session sets it from its
+window and margin), entries without avatar speech (idle or live-microphone
+frames, whose sound is not sent back) are dropped until the queue is short
+again, so live latency does not creep up; entries carrying speech are never
+dropped.
 
 Overflow policy: the queue holds at most ``max_frames`` entries (0.5 s by
 default); the producer waits for space (:meth:`Playout.wait_for_space`).

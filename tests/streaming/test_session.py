@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from emote.model.motion.baseline.generator import BaselineGenerator
+from emote.model.motion.still import StillGenerator
 from emote.streaming.clock import VirtualClock
 from emote.streaming.offline import MERGE_FRAMES
 from emote.streaming.resample import StreamResampler
@@ -443,3 +444,32 @@ async def test_a_ticks_latency_counts_from_the_newest_audio_it_shows() -> None:
     first, second = q.take_tick(force=False), q.take_tick(force=False)
     assert first is not None and second is not None
     assert first[1].arrival == pytest.approx(0.0) and second[1].arrival == pytest.approx(0.02)
+
+
+class StillBlocks(StillGenerator):
+    """The still generator cut into windows of several frames with a frame of lookahead, as a learned
+    model that makes frames in blocks is (the playout sees its frames arrive in bursts)."""
+
+    lookahead_ms = 40.0
+
+    def __init__(self, window_frames: int) -> None:
+        self.window_frames = window_frames
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("window_frames", [1, 2, 3, 4])
+async def test_a_steady_microphone_call_plays_every_frame_whatever_the_window(window_frames: int) -> None:
+    clock = VirtualClock()
+    mic = (StreamResampler(16000, 48000).process(bursts(4.0)) * 32767).astype(np.int16)
+    session = AvatarSession(IndexRenderer(), StillBlocks(window_frames), REST, clock=clock,
+                            executor=InlineExecutor(), speech_gate=False)
+    async with Driver(session, clock) as d:
+        for i in range(0, len(mic), 960):
+            d.session.push_microphone(mic[i : i + 960], 48000)
+            await d.run(0.02)
+        stats = d.session.stats()
+    # Frames come in bursts of a window; a queue that keeps pace is not a backlog to drop from.
+    assert (stats.dropped_frames, stats.late_frames) == (0, 0)
+    counts = [render_count(v.image) for v in d.received.video]
+    made = counts[counts.index(1) :]  # from the first frame the call made (0 is the warm-up idle frame)
+    assert np.all(np.diff(made) <= 1) and np.all(np.diff(made) >= 0)
