@@ -72,6 +72,23 @@ assert SAMPLE_RATE / FPS == HOP * HOPS_PER_FRAME
 assert len(_FREQS) == N_FFT // 2 + 1 and _FREQS[1] == SAMPLE_RATE / N_FFT  # the baseline's spectrum grid
 
 
+#: The floor the live generator hears instead (:class:`~.generator.DiffusionGenerator`): comfort noise at -65
+#: dBFS, a quiet room. At the -80 dBFS of the training dither the shipped model hears digital silence as the
+#: few training clips whose audio was gated to zero, where people did not blink: 0 blinks in a minute of
+#: zeros, where white noise at -70 to -55 dBFS gave 34-42 per minute and a calmer head (yaw std 1.2 ° vs 3.0).
+COMFORT_NOISE_RMS = 10 ** (-65 / 20)
+#: A frame whose hops are all quieter than this (log mean power; -60 dBFS) is silence: a TTS pause, a muted
+#: or gated microphone (heard as the comfort noise), a quiet room (speech is louder than -50 dBFS).
+SILENT_LOG_POWER = float(np.log(1e-6))
+
+
+def silent_frames(features: np.ndarray, feature_set: str) -> np.ndarray:
+    """(n,) bool: which frames of raw (unnormalised) frame features are digital silence."""
+    hop_dim = FEATURE_SETS["mel" if feature_set == "mel+prior" else feature_set]
+    energy = features[:, [h * hop_dim + N_MELS for h in range(HOPS_PER_FRAME)]]
+    return np.asarray(energy.max(axis=1) < SILENT_LOG_POWER)
+
+
 def mel_matrix() -> np.ndarray:
     """(N_FFT // 2 + 1, N_MELS) float32 Slaney mel filterbank (from ``transformers``; training only)."""
     from transformers.audio_utils import mel_filter_bank
@@ -82,7 +99,7 @@ def mel_matrix() -> np.ndarray:
 
 
 def hop_features(samples: np.ndarray, first_sample: int, first_hop: int, n_hops: int, mel: np.ndarray,
-                 feature_set: str = "mel") -> np.ndarray:
+                 feature_set: str = "mel", floor_rms: float = DITHER_RMS) -> np.ndarray:
     """(n_hops, dim) float32 features of hops ``first_hop ..``: log-mel, log energy, voicing, log pitch
     (and the formant cues of the ``mel+formants`` set).
 
@@ -93,12 +110,13 @@ def hop_features(samples: np.ndarray, first_sample: int, first_hop: int, n_hops:
         first_hop: the first hop (centred on sample ``160 * first_hop``).
         n_hops: how many.
         mel: the filterbank of the model (:func:`mel_matrix`).
+        floor_rms: RMS of the fixed noise added to every hop (training: :data:`DITHER_RMS`).
     """
     if n_hops <= 0:
         return np.zeros((0, FEATURE_SETS[feature_set]), np.float32)
     frames = hop_frames(samples, first_sample, first_hop, n_hops).astype(np.float32)
     at = (first_hop + np.arange(n_hops))[:, None] * HOP + _WIN_OFFSETS  # the stream samples of each hop
-    frames = frames + _DITHER[at % len(_DITHER)]
+    frames = frames + _DITHER[at % len(_DITHER)] * np.float32(floor_rms / DITHER_RMS)
     power = np.abs(np.fft.rfft(frames * _WINDOW, n=N_FFT, axis=1)) ** 2
     log_mel = np.log(power @ mel + 1e-8)
     energy = np.log(np.mean(frames * frames, axis=1) + 1e-8)
@@ -126,7 +144,7 @@ def frame_first_hop(frame: int) -> int:
 
 
 def frame_features(samples: np.ndarray, first_sample: int, first_frame: int, n_frames: int,
-                   mel: np.ndarray, feature_set: str = "mel") -> np.ndarray:
+                   mel: np.ndarray, feature_set: str = "mel", floor_rms: float = DITHER_RMS) -> np.ndarray:
     """(n_frames, frame_dim) features of 25 fps frames ``first_frame ..`` from a buffer of audio.
 
     The buffer must hold the frames' audio plus :data:`MARGIN_SAMPLES` on each side; samples outside
@@ -135,7 +153,7 @@ def frame_features(samples: np.ndarray, first_sample: int, first_frame: int, n_f
     if feature_set == "mel+prior":
         raise ValueError("the mel+prior features carry state: use prior_features beside the mel ones")
     hops = hop_features(samples, first_sample, frame_first_hop(first_frame), HOPS_PER_FRAME * n_frames, mel,
-                        feature_set)
+                        feature_set, floor_rms)
     return hops.reshape(n_frames, frame_dim(feature_set))
 
 
@@ -158,14 +176,15 @@ def prior_features(samples: np.ndarray, first_sample: int, first_frame: int, n_f
     return columns.astype(np.float32).reshape(n_frames, HOPS_PER_FRAME * PRIOR_DIM), state
 
 
-def clip_features(audio: np.ndarray, n_frames: int, mel: np.ndarray, feature_set: str = "mel") -> np.ndarray:
+def clip_features(audio: np.ndarray, n_frames: int, mel: np.ndarray, feature_set: str = "mel",
+                  floor_rms: float = DITHER_RMS) -> np.ndarray:
     """(n_frames, frame_dim) features of a whole clip whose frame 0 starts at sample 0 (training)."""
     audio = np.asarray(audio)
     x = audio.astype(np.float32) / 32768.0 if np.issubdtype(audio.dtype, np.integer) else audio.astype(np.float32)
     padded = np.concatenate([np.zeros(MARGIN_SAMPLES + HOP, np.float32), x,
                              np.zeros(MARGIN_SAMPLES + HOP * HOPS_PER_FRAME * 2, np.float32)])
     if feature_set != "mel+prior":
-        return frame_features(padded, -(MARGIN_SAMPLES + HOP), 0, n_frames, mel, feature_set)
-    spectral = frame_features(padded, -(MARGIN_SAMPLES + HOP), 0, n_frames, mel, "mel")
+        return frame_features(padded, -(MARGIN_SAMPLES + HOP), 0, n_frames, mel, feature_set, floor_rms)
+    spectral = frame_features(padded, -(MARGIN_SAMPLES + HOP), 0, n_frames, mel, "mel", floor_rms)
     prior, _ = prior_features(padded, -(MARGIN_SAMPLES + HOP), 0, n_frames, MouthFilter.start())
     return np.concatenate([spectral, prior], axis=1)

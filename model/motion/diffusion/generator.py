@@ -1,19 +1,19 @@
 """The ``diffusion`` motion generator: the distilled student, run on a fixed block schedule.
 
-The model works on a 25 fps grid in blocks of ``emit_frames`` (2) frames. Each block is one window
+The model works on a 25 fps grid in blocks of ``emit_frames`` (3) frames. Each block is one window
 of the denoiser: the last ``carried`` (8) frames it made before (EMO's motion frames, kept in the
 state), then the block, then a provisional future it throws away. Audio features are real up to
-``lookahead_frames`` (1) frame beyond the block and the learned null audio after that; noise is
+``lookahead_frames`` (0) frames beyond the block and the learned null audio after that; noise is
 seeded by (seed, block number), so the motion depends only on the audio and the seed, never on how
 it arrived. One denoiser call per block (the student was distilled to one step with guidance
 folded in).
 
 Windows: the generator asks for windows of ``emit_frames`` frames with the audio of its carried
 frames as context and ``lookahead_frames`` of lookahead; at 25 fps each window is exactly one block,
-so a live call waits for 2 frames plus 1 frame of lookahead (120 ms) before the first frame of a
-block can be made. At other frame rates (evaluation renders real videos at their own rate) frames
-are interpolated between the model's, which are made as soon as a window needs them with the audio
-that window holds.
+so a live call waits for the block's 3 frames (120 ms, plus half an analysis window) before the
+first frame of a block can be made. At other frame rates (evaluation renders real videos at their
+own rate) frames are interpolated between the model's, which are made as soon as a window needs them
+with the audio that window holds.
 
 The weights (``config.json`` + ``model.safetensors``) are loaded once per process and shared by every
 generator; running needs torch and safetensors, not diffusers.
@@ -34,6 +34,7 @@ from emote.model.errors import DependencyError
 from emote.model.motion.baseline.mouth_dynamics import MouthFilter
 from emote.model.motion.diffusion.denoiser import mouth_dims
 from emote.model.motion.diffusion.features import (
+    COMFORT_NOISE_RMS,
     FPS,
     HOP,
     MARGIN_SAMPLES,
@@ -41,6 +42,7 @@ from emote.model.motion.diffusion.features import (
     frame_dim,
     frame_features,
     prior_features,
+    silent_frames,
 )
 from emote.model.motion.interface import N_COEFFS, N_POSE, AudioWindow, MotionChunk
 
@@ -65,6 +67,7 @@ class DiffusionState:
         features_valid: (carried,) bool, which rows of ``features`` hold features.
         mouth: the analytic articulation filter of the ``mel+prior`` features, run up to ``model_frames``
             (None for the other feature sets).
+        shown: (carried,) share of each carried frame's articulation that is shown (:func:`articulation_gate`).
     """
 
     seed: int
@@ -75,6 +78,7 @@ class DiffusionState:
     features: np.ndarray
     features_valid: np.ndarray
     mouth: MouthFilter | None = None
+    shown: np.ndarray | None = None
 
 
 @functools.lru_cache(maxsize=1)
@@ -129,6 +133,7 @@ class DiffusionGenerator:
         gen = config.get("generator", {})
         self.emit = int(gen.get("emit_frames", 2))
         self.lookahead = int(gen.get("lookahead_frames", 1))
+        self.sustain = bool(gen.get("sustain_audio", False))
         self.feature_set = str(config.get("features", "mel"))
         sampling = config.get("sampling", {})
         self.steps = int(sampling.get("steps", 1))  # 1: the distilled student; more: the teacher (DDIM)
@@ -145,10 +150,12 @@ class DiffusionGenerator:
         # only adds lip-sync error); the head, eyes and brows are sampled, at the temperature the config
         # gives (TrainConfig.mouth_noise, TrainConfig.motion_noise).
         self._noise_scale = np.full(self._mean.shape[0], float(sampling.get("motion_noise", 1.0)), np.float32)
-        self._noise_scale[mouth_dims(self.model.active.tolist())] = float(sampling.get("mouth_noise", 1.0))
+        self._mouth = mouth_dims(self.model.active.tolist())
+        self._noise_scale[self._mouth] = float(sampling.get("mouth_noise", 1.0))
         self._audio_mean, self._audio_std = m.audio_mean.numpy(), m.audio_std.numpy()
         self._mel = m.mel.numpy()
-        self._silence = clip_features(np.zeros(_FRAME_SAMPLES, np.float32), 1, self._mel, self.feature_set)[0]
+        self._silence = clip_features(np.zeros(_FRAME_SAMPLES, np.float32), 1, self._mel, self.feature_set,
+                                      COMFORT_NOISE_RMS)[0]
         self._active = m.active.numpy().astype(np.int64)
         if self._audio_mean.shape != (frame_dim(self.feature_set),):
             raise DependencyError(f"{weights}: the model's audio features ({self._audio_mean.shape[0]}) are not "
@@ -161,7 +168,8 @@ class DiffusionGenerator:
                               carried=np.repeat(portrait[None], self.carried, axis=0),
                               features=np.zeros((self.carried, self._audio_mean.shape[0]), np.float32),
                               features_valid=np.zeros(self.carried, bool),
-                              mouth=MouthFilter.start() if self.feature_set == "mel+prior" else None)
+                              mouth=MouthFilter.start() if self.feature_set == "mel+prior" else None,
+                              shown=np.ones(self.carried, np.float32))
 
     def generate(self, window: AudioWindow, state: DiffusionState) -> tuple[MotionChunk, DiffusionState]:
         if window.start_frame != state.next_frame:
@@ -174,14 +182,16 @@ class DiffusionGenerator:
         st = state
         made = 0  # model frames made in this call
         history = st.carried
+        shown = st.shown if st.shown is not None else np.ones(len(history), np.float32)
         features, valid, mouth = st.features, st.features_valid, st.mouth
         while st.model_frames + made < need:
-            block, features, valid, mouth = self._block(window, st, st.model_frames + made, history, features,
-                                                        valid, mouth)
-            history = np.concatenate([history, block])
+            block, gate, features, valid, mouth = self._block(window, st, st.model_frames + made, history, features,
+                                                              valid, mouth)
+            history, shown = np.concatenate([history, block]), np.concatenate([shown, gate])
             made += len(block)
         first = st.model_frames + made - len(history)  # model frame of history[0]
-        raw = history * self._std + self._mean
+        # What is shown: the articulation relaxed in silence (the model goes on from its own frames).
+        raw = relax_articulation(history, shown, self._mouth, self._mean, self._std) * self._std + self._mean
         pose = np.zeros((n, N_POSE), np.float32)
         coeffs = np.repeat(st.rest[None], n, axis=0)
         if n:
@@ -195,7 +205,7 @@ class DiffusionGenerator:
             coeffs[:, self._active] = np.clip(st.rest[self._active] + v[:, N_POSE:], 0.0, 1.0)
         new_state = dataclasses.replace(st, next_frame=window.start_frame + n, model_frames=st.model_frames + made,
                                         carried=history[-self.carried :].copy(), features=features,
-                                        features_valid=valid, mouth=mouth)
+                                        features_valid=valid, mouth=mouth, shown=shown[-self.carried :].copy())
         return MotionChunk(window.start_frame, window.fps, pose, coeffs.astype(np.float32)), new_state
 
     def _noise(self, seed: int, block_start: int) -> np.ndarray:
@@ -206,9 +216,10 @@ class DiffusionGenerator:
 
     def _block(self, window: AudioWindow, st: DiffusionState, m0: int, history: np.ndarray, cached: np.ndarray,
                valid: np.ndarray, mouth: MouthFilter | None
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, MouthFilter | None]:
-        """The next ``emit`` normalised model frames from 25 fps frame ``m0`` on, and the feature cache for
-        the block after (features of the ``carried`` frames before ``m0 + emit``)."""
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, MouthFilter | None]:
+        """The next ``emit`` normalised model frames from 25 fps frame ``m0`` on, the share of their
+        articulation to show, and the feature cache for the block after (features of the ``carried`` frames
+        before ``m0 + emit``)."""
         import torch
 
         cfg = self.model.cfg
@@ -232,10 +243,16 @@ class DiffusionGenerator:
             lo, hi = int(todo[0]), int(todo[-1]) + 1
             feats, mouth = self._features(window, frames[lo:hi], m0 + self.emit, mouth)
             audio[lo:hi] = (feats - self._audio_mean) / self._audio_std
-        inputs = [torch.from_numpy(a[None]) for a in (carried, known, audio, has_audio.astype(np.float32), st.rest)]
-        x0 = self.sample(self._noise(st.seed, m0), *inputs)
         keep = slice(self.emit, k + self.emit)  # positions of the frames before the next block's m0
-        return x0[k : k + self.emit], audio[keep].copy(), has_audio[keep].copy(), mouth
+        cache, cache_valid = audio[keep].copy(), has_audio[keep].copy()
+        heard = has_audio.astype(np.float32)
+        if self.sustain:
+            sustain_audio(audio, heard, k + self.emit + self.lookahead)
+        gate = articulation_gate(audio * self._audio_std + self._audio_mean, has_audio, self.feature_set,
+                                 k, self.emit)
+        inputs = [torch.from_numpy(a[None]) for a in (carried, known, audio, heard, st.rest)]
+        x0 = self.sample(self._noise(st.seed, m0), *inputs)
+        return x0[k : k + self.emit], gate, cache, cache_valid, mouth
 
     def _features(self, window: AudioWindow, frames: np.ndarray, commit_until: int, mouth: MouthFilter | None
                   ) -> tuple[np.ndarray, MouthFilter | None]:
@@ -247,7 +264,8 @@ class DiffusionGenerator:
             return out, mouth
         a, b = int(pos[0]), int(pos[-1]) + 1
         spectral_set = "mel" if self.feature_set == "mel+prior" else self.feature_set
-        feats = frame_features(window.samples, window.first_sample, a, b - a, self._mel, spectral_set)
+        feats = frame_features(window.samples, window.first_sample, a, b - a, self._mel, spectral_set,
+                               COMFORT_NOISE_RMS)
         if mouth is not None:
             parts = []
             split = min(max(commit_until, a), b)
@@ -268,6 +286,70 @@ class DiffusionGenerator:
         x0 = ddim_sample(self.model, torch.from_numpy(noise[None]), (carried, known, audio, has_audio, rest),
                          steps=self.steps, guidance=self.guidance)
         return x0[0].numpy()
+
+
+#: Share of its articulation a frame keeps per frame of silence up to it (:func:`articulation_gate`),
+#: and from how many such frames on it keeps none (the mouth is the portrait's).
+RELAX_PER_FRAME = 0.5
+RELAX_FRAMES = 4
+
+
+def articulation_gate(raw: np.ndarray, heard: np.ndarray, feature_set: str, first: int, n: int) -> np.ndarray:
+    """(n,) how much of the generated articulation frames ``first .. first + n`` of a window keep.
+
+    In silence (:func:`~.features.silent_frames`: a TTS pause, a gated or muted microphone, a quiet room) the
+    mouth relaxes to the portrait's: a frame keeps :data:`RELAX_PER_FRAME` to the power of the number of
+    silent frames up to and including it (0.5 at the first, 0.125 at the third), none from the
+    :data:`RELAX_FRAMES`-th on (shut within 160 ms, as a real mouth closes), all of it where it hears
+    sound. The model alone, with 3-frame blocks, let the upper lip rise to 0.11 in four seconds of
+    digital silence on one seed (2-frame blocks: 0.056). Only what is shown is gated: the model goes on
+    from its own frames (carrying a mouth held exactly at rest threw it out of its element: no blinks
+    in a minute of silence on one seed, 61-75 per minute on another, the head at 21 °/s; its own frames
+    give 32-35 blinks per minute and 13.5 °/s). Louder room noise is not silence: there the model decides.
+    Positions whose audio is not heard count as sound.
+
+    Args:
+        raw: (S, A) raw (unnormalised) audio features of the window's positions.
+        heard: (S,) bool, which positions hold real audio features.
+        feature_set: the model's feature set.
+        first, n: the positions to gate (the emitted block).
+    """
+    silent = silent_frames(raw[: first + n], feature_set) & heard[: first + n].astype(bool)
+    run = np.zeros(first + n, np.int64)
+    for p in range(first + n):
+        run[p] = run[p - 1] + 1 if silent[p] and p else int(silent[p])
+    return np.where(run[first:] >= RELAX_FRAMES, 0.0, RELAX_PER_FRAME ** run[first:]).astype(np.float32)
+
+
+def relax_articulation(block: np.ndarray, gate: np.ndarray, mouth: list[int], mean: np.ndarray, std: np.ndarray
+                       ) -> np.ndarray:
+    """(n, D) normalised frames with the articulation (motion dims ``mouth``, deltas from the portrait)
+    scaled by ``gate`` (n,) toward the portrait's (1: as made)."""
+    if np.all(gate == 1.0):
+        return block
+    out = block.copy()
+    raw = block[:, mouth] * std[mouth] + mean[mouth]
+    out[:, mouth] = (raw * gate[:, None] - mean[mouth]) / std[mouth]
+    return out
+
+
+def sustain_audio(audio: np.ndarray, heard: np.ndarray, boundary: int) -> None:
+    """Hear the frames of a window from position ``boundary`` on as the frame before it, sustained (in place).
+
+    Beyond the lookahead the model would hear its learned null audio, "anything may come", and the last
+    frame it emits then hedges toward speech starting: run 7 with 3-frame blocks and no lookahead opened
+    its mouth (a coefficient above 0.1) in 2-23 % of the frames of 20 s of silence, by portrait, with
+    peaks of 0.18-0.40, where the sound heard going on keeps it at 0-16 % and 0.06-0.16 (2-frame blocks
+    with a frame of lookahead: 0-31 %, 0.09-0.27). Measured 2026-12-07, BENCHMARKS.md.
+
+    Args:
+        audio: (..., S, A) normalised audio features of a window.
+        heard: (..., S) 1 where the model hears the audio, 0 where it hears the null audio.
+        boundary: the first position beyond the lookahead.
+    """
+    if 0 < boundary < audio.shape[-2]:
+        audio[..., boundary:, :] = audio[..., boundary - 1 : boundary, :]
+        heard[..., boundary:] = heard[..., boundary - 1 : boundary]
 
 
 def ddim_sample(model: Any, noise: Any, inputs: tuple[Any, ...], *, steps: int, guidance: float) -> Any:

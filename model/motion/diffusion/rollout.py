@@ -23,9 +23,18 @@ T_MAX = 999
 
 @torch.no_grad()
 def rollout(model: MotionDenoiser, sampler: WindowSampler, copies: list[Copy], *, emit: int, lookahead: int,
-            steps: int = 1, guidance: float = 1.0, seed: int = 0, temperature: float = 1.0) -> list[np.ndarray]:
-    """Generated normalised motion (T, D) of each clip, from its audio alone (the first frame as portrait)."""
-    from emote.model.motion.diffusion.generator import ddim_sample
+            steps: int = 1, guidance: float = 1.0, seed: int = 0, temperature: float = 1.0,
+            sustain: bool = False, feature_set: str | None = None) -> list[np.ndarray]:
+    """Generated normalised motion (T, D) of each clip, from its audio alone (the first frame as portrait);
+    ``sustain``: the audio beyond the lookahead is heard as the last frame's, sustained; ``feature_set``
+    given: the articulation relaxes in digital silence (the generator's ``sustain_audio`` and
+    ``articulation_gate``)."""
+    from emote.model.motion.diffusion.generator import (
+        articulation_gate,
+        ddim_sample,
+        relax_articulation,
+        sustain_audio,
+    )
 
     model.eval()
     cfg = model.cfg
@@ -50,6 +59,11 @@ def rollout(model: MotionDenoiser, sampler: WindowSampler, copies: list[Copy], *
             feats = (copies[i].features[np.clip(idx, 0, lengths[i] - 1)] - sampler.audio_mean) / sampler.audio_std
             audio[row] = np.where(inside[:, None], feats, sampler.silence)
             has_audio[row] = (idx < m0 + emit + lookahead) & (idx < lengths[i])
+        gates = [articulation_gate(audio[row] * sampler.audio_std + sampler.audio_mean, has_audio[row] > 0,
+                                   feature_set, k, emit) if feature_set else np.ones(emit, np.float32)
+                 for row in range(b)]
+        if sustain:
+            sustain_audio(audio, has_audio, k + emit + lookahead)
         known = torch.zeros(b, s_len)
         known[:, :k] = 1
         tensors = [torch.from_numpy(carried), known, torch.from_numpy(audio), torch.from_numpy(has_audio),
@@ -59,8 +73,8 @@ def rollout(model: MotionDenoiser, sampler: WindowSampler, copies: list[Copy], *
         x0 = ddim_sample(model, x, tuple(tensors), steps=steps, guidance=guidance)
         block = x0[:, k : k + emit].numpy()
         for row, i in enumerate(live):
-            history[i] = np.concatenate([history[i], block[row]])[-k:]
-            out[i].append(block[row])
+            history[i] = np.concatenate([history[i], block[row]])[-k:]  # the model goes on from its own frames
+            out[i].append(relax_articulation(block[row], gates[row], mouth, sampler.motion_mean, sampler.motion_std))
     model.train()
     return [np.concatenate(o)[:n] for o, n in zip(out, lengths, strict=True)]
 
@@ -124,6 +138,7 @@ def evaluate_folder(dataset: str, folder: str, *, side: str = "validation", step
                             clip_features(np.zeros(640, np.float32), 1, mel, feature_set)[0])
     generated = rollout(model, sampler, copies, emit=int(generator.get("emit_frames", 2)),
                         lookahead=int(generator.get("lookahead_frames", 1)),
+                        sustain=bool(generator.get("sustain_audio", False)), feature_set=feature_set,
                         steps=steps or int(sampling.get("steps", 1)),
                         guidance=guidance if guidance is not None else float(sampling.get("guidance", 1.0)), seed=seed,
                         temperature=float(sampling.get("motion_noise", 1.0)) if temperature is None else temperature)

@@ -61,7 +61,10 @@ class TrainConfig:
         guidance: classifier-free guidance scale of the teacher (folded into the student).
         sample_steps: DDIM steps of the teacher's samples.
         emit_frames: frames a live call emits per window (the generator's window).
-        lookahead_frames: frames of audio beyond them each window hears.
+        lookahead_frames: frames of audio beyond them each window hears. Only validation and the config
+            use the two (training draws the boundary anywhere); 3 + 0 hears what 2 + 1 did, at the same
+            latency, with less jitter and more blinks (BENCHMARKS.md, 2026-12-07).
+        sustain_audio: beyond the lookahead, hear the last frame sustained (:func:`~.generator.sustain_audio`).
         audio_copies: audio copies per clip (copy 0 unaugmented).
         validate_every: steps between validations.
         rollout_every: steps between free-running validations (whole held-out clips generated from their
@@ -73,12 +76,11 @@ class TrainConfig:
             run 8 with it lost to run 7 in ``emote eval`` (lip sync 0.15 vs 0.24, identity 0.279 vs 0.206).
         prior_l2: the prior's ridge penalty per training frame.
         pose_smooth: sigma (frames) of a Gaussian smoothing of the measured head pose (runs 8 and 9: 1.5).
-        acceleration: weight of a second-difference loss term. Off: run 9 (1.0) jittered more (1.47 °/frame²
-            against run 7's 1.21) and its free-running jawOpen r fell to 0.105 (run 7: 0.201).
+        acceleration: weight of a second-difference loss term. Off: run 9 (1.0) jittered more and its
+            free-running jawOpen r fell to 0.105 (run 7: 0.201).
         motion_noise: scale of the sampling noise of everything but the articulation (head, eyes, brows),
             written into the models' configs: 1.25, chosen on the training people's free-running rollouts
-            (blinks 18.1/min against their real 20.0, where 1.0 gave 9.2: a one-window-at-a-time sampler
-            rarely starts an unlikely event such as a blink; yaw spread x1.12 of theirs, 0.90 at 1.0).
+            (blinks 18.1/min against their real 20.0, 9.2 at 1.0; yaw spread x1.12 of theirs, 0.90 at 1.0).
 
     The articulation (jaw and mouth coefficients) is sampled from the centre of the noise (its noise is
     0, the rest of the motion's is random): a sample's own random variation of the mouth only adds
@@ -97,8 +99,9 @@ class TrainConfig:
     ema: float = 0.999
     guidance: float = 3.0
     sample_steps: int = 25
-    emit_frames: int = 2
-    lookahead_frames: int = 1
+    emit_frames: int = 3
+    lookahead_frames: int = 0
+    sustain_audio: bool = True
     audio_copies: int = 6
     validate_every: int = 500
     rollout_every: int = 2000
@@ -320,14 +323,16 @@ def train(dataset_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None 
         if free:
             generated = rollout(m, val_sampler, val_clips_copies, emit=cfg.emit_frames, lookahead=cfg.lookahead_frames,
                                 steps=1 if one_step else cfg.rollout_steps, guidance=1.0 if one_step else cfg.guidance,
-                                seed=cfg.seed, temperature=cfg.motion_noise)
+                                seed=cfg.seed, temperature=cfg.motion_noise, sustain=cfg.sustain_audio,
+                                feature_set=cfg.features)
             metrics |= rollout_metrics(val_sampler, val_clips_copies, generated)
         return metrics
 
     teacher, teacher_curve = _fit(model, cfg.teacher_steps, cfg, teacher_batch, check, say, "teacher",
                                   cfg.rollout_every)
     extra = {"train": asdict(cfg), "features": cfg.features,
-             "generator": {"emit_frames": cfg.emit_frames, "lookahead_frames": cfg.lookahead_frames}}
+             "generator": {"emit_frames": cfg.emit_frames, "lookahead_frames": cfg.lookahead_frames,
+                           "sustain_audio": cfg.sustain_audio}}
     teacher.save(out / "teacher", {**extra, "sampling": {"steps": cfg.sample_steps, "guidance": cfg.guidance,
                                                           "mouth_noise": 0.0, "motion_noise": cfg.motion_noise}})
     say(f"teacher samples for distillation: {cfg.pairs} windows x {cfg.sample_steps} steps")

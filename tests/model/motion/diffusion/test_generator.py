@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emote.model.motion.diffusion.generator import DiffusionGenerator
-from emote.model.motion.interface import COEFF_INDEX, N_COEFFS, MotionChunk
+from emote.model.motion.diffusion.features import COMFORT_NOISE_RMS, clip_features, mel_matrix, silent_frames
+from emote.model.motion.diffusion.generator import DiffusionGenerator, articulation_gate, sustain_audio
+from emote.model.motion.interface import COEFF_INDEX, N_COEFFS, N_POSE, MotionChunk
 from emote.streaming.animator import MotionStream
 from tests._fixtures import chunked
 from tests.model.motion.diffusion._tiny import save_tiny
@@ -169,7 +170,8 @@ def test_live_features_are_the_training_features(feature_set: str, tmp_path: Pat
     model.save(tmp_path, {"features": feature_set, "generator": {"emit_frames": 2, "lookahead_frames": 1}})
     generator = DiffusionGenerator(tmp_path)
     x = talk(3.0)
-    expected = clip_features(x, 75, model.mel.numpy(), feature_set)
+    # The training features with the live floor: digital silence is heard as a quiet room (COMFORT_NOISE_RMS).
+    expected = clip_features(x, 75, model.mel.numpy(), feature_set, COMFORT_NOISE_RMS)
     for chunk in (len(x), 333):
         stream = MotionStream(generator, REST, fps=25.0)
         seen = {}
@@ -185,3 +187,47 @@ def test_live_features_are_the_training_features(feature_set: str, tmp_path: Pat
         assert frames[0] == 0 and len(frames) > 60
         got = np.stack([seen[f] for f in frames]) * generator._audio_std + generator._audio_mean
         np.testing.assert_allclose(got, expected[frames], rtol=1e-4, atol=1e-4)
+
+
+def test_digital_silence_relaxes_the_mouth_to_the_portraits_and_the_face_lives_on(
+    generator: DiffusionGenerator,
+) -> None:
+    x = np.concatenate([talk(2.0), np.zeros(32000, np.float32)])
+    motion = run(generator, x, 1600)
+    mouth = [int(generator._active[d - N_POSE]) for d in generator._mouth]
+    talking, quiet = motion.coeffs[10:50][:, mouth], motion.coeffs[70:][:, mouth]
+    assert np.abs(talking - REST[mouth]).max() > 0.01  # the random tiny model moves the mouth while it hears sound
+    np.testing.assert_allclose(quiet, np.broadcast_to(REST[mouth], quiet.shape), atol=1e-3)  # shut in silence
+    assert motion.pose[70:, :3].std(axis=0).max() > 0.01  # the head still moves
+
+
+def test_the_articulation_gate_counts_frames_of_digital_silence() -> None:
+    mel = mel_matrix()
+    sound = (0.1 * np.sin(np.arange(640 * 4) * 0.2)).astype(np.float32)
+    audio = np.concatenate([sound, np.zeros(640 * 4, np.float32), 1e-2 * np.ones(640, np.float32)])
+    raw = clip_features(audio, 9, mel, "mel+formants", COMFORT_NOISE_RMS)  # zeros heard as the generator hears them
+    # Frames 4 and 7 hear the sound and the -40 dBFS hum beside them through their analysis windows.
+    assert silent_frames(raw, "mel+formants").tolist() == [False] * 5 + [True] * 2 + [False] * 2
+    heard = np.ones(9, bool)
+    np.testing.assert_allclose(articulation_gate(raw, heard, "mel+formants", 3, 6), [1, 1, 0.5, 0.25, 1, 1])
+    heard[5] = False  # a position without real audio counts as sound: the run restarts after it
+    np.testing.assert_allclose(articulation_gate(raw, heard, "mel+formants", 3, 6), [1, 1, 1, 0.5, 1, 1])
+    long_pause = clip_features(np.concatenate([sound, np.zeros(640 * 8, np.float32)]), 12, mel, "mel+formants",
+                               COMFORT_NOISE_RMS)
+    gate = articulation_gate(long_pause, np.ones(12, bool), "mel+formants", 4, 8)
+    np.testing.assert_allclose(gate, [1, 0.5, 0.25, 0.125, 0, 0, 0, 0])  # shut from the fourth silent frame on
+    noise = np.random.default_rng(0).standard_normal(640 * 3).astype(np.float32)
+    for db, silent in ((-68, True), (-50, False)):  # a very quiet room is silence; -50 dBFS is not
+        heard = clip_features(10 ** (db / 20) * noise, 3, mel, "mel+formants", COMFORT_NOISE_RMS)
+        assert silent_frames(heard, "mel+formants").tolist() == [silent] * 3, db
+
+
+def test_sustained_audio_fills_the_window_beyond_the_lookahead() -> None:
+    audio = np.arange(6 * 2, dtype=np.float32).reshape(6, 2)
+    heard = np.array([1, 1, 1, 0, 0, 0], np.float32)
+    sustain_audio(audio, heard, 3)
+    assert audio[3:].tolist() == [[4.0, 5.0]] * 3 and heard.tolist() == [1.0] * 6
+    batch, batch_heard = np.zeros((2, 4, 1), np.float32), np.zeros((2, 4), np.float32)
+    batch[:, 1, 0], batch_heard[:, :2] = [7.0, 8.0], 1.0
+    sustain_audio(batch, batch_heard, 2)  # rollouts fill a batch of windows at once
+    assert batch[:, 2:, 0].tolist() == [[7.0, 7.0], [8.0, 8.0]] and batch_heard.min() == 1.0

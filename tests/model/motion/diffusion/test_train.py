@@ -147,7 +147,8 @@ def test_a_whole_tiny_run_writes_models_the_generator_loads(dataset, tmp_path: P
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["config"]["teacher_steps"] == 12 and saved["student"][0]["jaw_r"] == metrics["student"][0]["jaw_r"]
     generator = DiffusionGenerator(tmp_path / "run" / "student")
-    assert generator.window_frames == 2 and generator.model.cfg.width == 32
+    assert (generator.window_frames, generator.lookahead) == (cfg.emit_frames, cfg.lookahead_frames) == (3, 0)
+    assert generator.model.cfg.width == 32
 
 
 def test_rollout_counts_closed_lids_not_dips(sampler: WindowSampler) -> None:
