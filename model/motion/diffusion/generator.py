@@ -32,6 +32,7 @@ import numpy as np
 
 from emote.model.errors import DependencyError
 from emote.model.motion.baseline.mouth_dynamics import MouthFilter
+from emote.model.motion.diffusion.blocks import articulation_gate, crossfade_pose, relax_articulation, sustain_audio
 from emote.model.motion.diffusion.denoiser import mouth_dims
 from emote.model.motion.diffusion.features import (
     COMFORT_NOISE_RMS,
@@ -42,7 +43,6 @@ from emote.model.motion.diffusion.features import (
     frame_dim,
     frame_features,
     prior_features,
-    silent_frames,
 )
 from emote.model.motion.interface import N_COEFFS, N_POSE, AudioWindow, MotionChunk
 
@@ -68,6 +68,7 @@ class DiffusionState:
         mouth: the analytic articulation filter of the ``mel+prior`` features, run up to ``model_frames``
             (None for the other feature sets).
         shown: (carried,) share of each carried frame's articulation that is shown (:func:`articulation_gate`).
+        ahead: (<= emit, D) the last window's provisional frames for the next block (:func:`crossfade_pose`).
     """
 
     seed: int
@@ -79,6 +80,7 @@ class DiffusionState:
     features_valid: np.ndarray
     mouth: MouthFilter | None = None
     shown: np.ndarray | None = None
+    ahead: np.ndarray | None = None
 
 
 @functools.lru_cache(maxsize=1)
@@ -134,6 +136,7 @@ class DiffusionGenerator:
         self.emit = int(gen.get("emit_frames", 2))
         self.lookahead = int(gen.get("lookahead_frames", 1))
         self.sustain = bool(gen.get("sustain_audio", False))
+        self.crossfade = bool(gen.get("crossfade_pose", False))
         self.feature_set = str(config.get("features", "mel"))
         sampling = config.get("sampling", {})
         self.steps = int(sampling.get("steps", 1))  # 1: the distilled student; more: the teacher (DDIM)
@@ -183,11 +186,13 @@ class DiffusionGenerator:
         made = 0  # model frames made in this call
         history = st.carried
         shown = st.shown if st.shown is not None else np.ones(len(history), np.float32)
-        features, valid, mouth = st.features, st.features_valid, st.mouth
+        features, valid, mouth, ahead = st.features, st.features_valid, st.mouth, st.ahead
         while st.model_frames + made < need:
-            block, gate, features, valid, mouth = self._block(window, st, st.model_frames + made, history, features,
-                                                              valid, mouth)
-            history, shown = np.concatenate([history, block]), np.concatenate([shown, gate])
+            block, future, gate, features, valid, mouth = self._block(window, st, st.model_frames + made, history,
+                                                                      features, valid, mouth)
+            if self.crossfade and ahead is not None:
+                block = crossfade_pose(block, ahead)
+            history, shown, ahead = np.concatenate([history, block]), np.concatenate([shown, gate]), future
             made += len(block)
         first = st.model_frames + made - len(history)  # model frame of history[0]
         # What is shown: the articulation relaxed in silence (the model goes on from its own frames).
@@ -205,7 +210,8 @@ class DiffusionGenerator:
             coeffs[:, self._active] = np.clip(st.rest[self._active] + v[:, N_POSE:], 0.0, 1.0)
         new_state = dataclasses.replace(st, next_frame=window.start_frame + n, model_frames=st.model_frames + made,
                                         carried=history[-self.carried :].copy(), features=features,
-                                        features_valid=valid, mouth=mouth, shown=shown[-self.carried :].copy())
+                                        features_valid=valid, mouth=mouth, shown=shown[-self.carried :].copy(),
+                                        ahead=ahead)
         return MotionChunk(window.start_frame, window.fps, pose, coeffs.astype(np.float32)), new_state
 
     def _noise(self, seed: int, block_start: int) -> np.ndarray:
@@ -216,10 +222,10 @@ class DiffusionGenerator:
 
     def _block(self, window: AudioWindow, st: DiffusionState, m0: int, history: np.ndarray, cached: np.ndarray,
                valid: np.ndarray, mouth: MouthFilter | None
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, MouthFilter | None]:
-        """The next ``emit`` normalised model frames from 25 fps frame ``m0`` on, the share of their
-        articulation to show, and the feature cache for the block after (features of the ``carried`` frames
-        before ``m0 + emit``)."""
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, MouthFilter | None]:
+        """The next ``emit`` normalised model frames from 25 fps frame ``m0`` on, the window's provisional
+        frames after them, the share of their articulation to show, and the feature cache for the block
+        after (features of the ``carried`` frames before ``m0 + emit``)."""
         import torch
 
         cfg = self.model.cfg
@@ -252,7 +258,7 @@ class DiffusionGenerator:
                                  k, self.emit)
         inputs = [torch.from_numpy(a[None]) for a in (carried, known, audio, heard, st.rest)]
         x0 = self.sample(self._noise(st.seed, m0), *inputs)
-        return x0[k : k + self.emit], gate, cache, cache_valid, mouth
+        return x0[k : k + self.emit], x0[k + self.emit : k + 2 * self.emit].copy(), gate, cache, cache_valid, mouth
 
     def _features(self, window: AudioWindow, frames: np.ndarray, commit_until: int, mouth: MouthFilter | None
                   ) -> tuple[np.ndarray, MouthFilter | None]:
@@ -286,70 +292,6 @@ class DiffusionGenerator:
         x0 = ddim_sample(self.model, torch.from_numpy(noise[None]), (carried, known, audio, has_audio, rest),
                          steps=self.steps, guidance=self.guidance)
         return x0[0].numpy()
-
-
-#: Share of its articulation a frame keeps per frame of silence up to it (:func:`articulation_gate`),
-#: and from how many such frames on it keeps none (the mouth is the portrait's).
-RELAX_PER_FRAME = 0.5
-RELAX_FRAMES = 4
-
-
-def articulation_gate(raw: np.ndarray, heard: np.ndarray, feature_set: str, first: int, n: int) -> np.ndarray:
-    """(n,) how much of the generated articulation frames ``first .. first + n`` of a window keep.
-
-    In silence (:func:`~.features.silent_frames`: a TTS pause, a gated or muted microphone, a quiet room) the
-    mouth relaxes to the portrait's: a frame keeps :data:`RELAX_PER_FRAME` to the power of the number of
-    silent frames up to and including it (0.5 at the first, 0.125 at the third), none from the
-    :data:`RELAX_FRAMES`-th on (shut within 160 ms, as a real mouth closes), all of it where it hears
-    sound. The model alone, with 3-frame blocks, let the upper lip rise to 0.11 in four seconds of
-    digital silence on one seed (2-frame blocks: 0.056). Only what is shown is gated: the model goes on
-    from its own frames (carrying a mouth held exactly at rest threw it out of its element: no blinks
-    in a minute of silence on one seed, 61-75 per minute on another, the head at 21 °/s; its own frames
-    give 32-35 blinks per minute and 13.5 °/s). Louder room noise is not silence: there the model decides.
-    Positions whose audio is not heard count as sound.
-
-    Args:
-        raw: (S, A) raw (unnormalised) audio features of the window's positions.
-        heard: (S,) bool, which positions hold real audio features.
-        feature_set: the model's feature set.
-        first, n: the positions to gate (the emitted block).
-    """
-    silent = silent_frames(raw[: first + n], feature_set) & heard[: first + n].astype(bool)
-    run = np.zeros(first + n, np.int64)
-    for p in range(first + n):
-        run[p] = run[p - 1] + 1 if silent[p] and p else int(silent[p])
-    return np.where(run[first:] >= RELAX_FRAMES, 0.0, RELAX_PER_FRAME ** run[first:]).astype(np.float32)
-
-
-def relax_articulation(block: np.ndarray, gate: np.ndarray, mouth: list[int], mean: np.ndarray, std: np.ndarray
-                       ) -> np.ndarray:
-    """(n, D) normalised frames with the articulation (motion dims ``mouth``, deltas from the portrait)
-    scaled by ``gate`` (n,) toward the portrait's (1: as made)."""
-    if np.all(gate == 1.0):
-        return block
-    out = block.copy()
-    raw = block[:, mouth] * std[mouth] + mean[mouth]
-    out[:, mouth] = (raw * gate[:, None] - mean[mouth]) / std[mouth]
-    return out
-
-
-def sustain_audio(audio: np.ndarray, heard: np.ndarray, boundary: int) -> None:
-    """Hear the frames of a window from position ``boundary`` on as the frame before it, sustained (in place).
-
-    Beyond the lookahead the model would hear its learned null audio, "anything may come", and the last
-    frame it emits then hedges toward speech starting: run 7 with 3-frame blocks and no lookahead opened
-    its mouth (a coefficient above 0.1) in 2-23 % of the frames of 20 s of silence, by portrait, with
-    peaks of 0.18-0.40, where the sound heard going on keeps it at 0-16 % and 0.06-0.16 (2-frame blocks
-    with a frame of lookahead: 0-31 %, 0.09-0.27). Measured 2026-12-07, BENCHMARKS.md.
-
-    Args:
-        audio: (..., S, A) normalised audio features of a window.
-        heard: (..., S) 1 where the model hears the audio, 0 where it hears the null audio.
-        boundary: the first position beyond the lookahead.
-    """
-    if 0 < boundary < audio.shape[-2]:
-        audio[..., boundary:, :] = audio[..., boundary - 1 : boundary, :]
-        heard[..., boundary:] = heard[..., boundary - 1 : boundary]
 
 
 def ddim_sample(model: Any, noise: Any, inputs: tuple[Any, ...], *, steps: int, guidance: float) -> Any:

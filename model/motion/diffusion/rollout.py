@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from emote.model.motion.diffusion.blocks import articulation_gate, crossfade_pose, relax_articulation, sustain_audio
 from emote.model.motion.diffusion.denoiser import MotionDenoiser
 from emote.model.motion.diffusion.windows import Copy, WindowSampler
 from emote.model.motion.interface import COEFF_INDEX, N_POSE
@@ -24,17 +25,12 @@ T_MAX = 999
 @torch.no_grad()
 def rollout(model: MotionDenoiser, sampler: WindowSampler, copies: list[Copy], *, emit: int, lookahead: int,
             steps: int = 1, guidance: float = 1.0, seed: int = 0, temperature: float = 1.0,
-            sustain: bool = False, feature_set: str | None = None) -> list[np.ndarray]:
+            sustain: bool = False, feature_set: str | None = None, crossfade: bool = False) -> list[np.ndarray]:
     """Generated normalised motion (T, D) of each clip, from its audio alone (the first frame as portrait);
     ``sustain``: the audio beyond the lookahead is heard as the last frame's, sustained; ``feature_set``
-    given: the articulation relaxes in digital silence (the generator's ``sustain_audio`` and
-    ``articulation_gate``)."""
-    from emote.model.motion.diffusion.generator import (
-        articulation_gate,
-        ddim_sample,
-        relax_articulation,
-        sustain_audio,
-    )
+    given: the articulation relaxes in silence; ``crossfade``: blocks start from the pose the window before
+    foresaw (the generator's ``sustain_audio``, ``articulation_gate`` and ``crossfade_pose``)."""
+    from emote.model.motion.diffusion.generator import ddim_sample
 
     model.eval()
     cfg = model.cfg
@@ -45,6 +41,7 @@ def rollout(model: MotionDenoiser, sampler: WindowSampler, copies: list[Copy], *
     start = np.stack([sampler.delta(np.r_[np.zeros(N_POSE), r], r) for r in rests]).astype(np.float32)
     history = [np.repeat(s[None], k, axis=0) for s in start]
     out: list[list[np.ndarray]] = [[] for _ in copies]
+    ahead: list[np.ndarray | None] = [None for _ in copies]
     gen = torch.Generator().manual_seed(seed)
     for m0 in range(0, max(lengths), emit):
         live = [i for i, n in enumerate(lengths) if m0 < n]
@@ -71,10 +68,14 @@ def rollout(model: MotionDenoiser, sampler: WindowSampler, copies: list[Copy], *
         x = torch.randn(b, s_len, d, generator=gen) * temperature
         x[..., mouth] = 0.0  # the articulation's sampling path starts at the centre (as the generator's)
         x0 = ddim_sample(model, x, tuple(tensors), steps=steps, guidance=guidance)
-        block = x0[:, k : k + emit].numpy()
+        block, future = x0[:, k : k + emit].numpy(), x0[:, k + emit : k + 2 * emit].numpy()
         for row, i in enumerate(live):
-            history[i] = np.concatenate([history[i], block[row]])[-k:]  # the model goes on from its own frames
-            out[i].append(relax_articulation(block[row], gates[row], mouth, sampler.motion_mean, sampler.motion_std))
+            made, prior = block[row], ahead[i]
+            if crossfade and prior is not None:
+                made = crossfade_pose(made, prior)
+            ahead[i] = future[row]
+            history[i] = np.concatenate([history[i], made])[-k:]  # the model goes on from its own frames
+            out[i].append(relax_articulation(made, gates[row], mouth, sampler.motion_mean, sampler.motion_std))
     model.train()
     return [np.concatenate(o)[:n] for o, n in zip(out, lengths, strict=True)]
 
@@ -139,6 +140,7 @@ def evaluate_folder(dataset: str, folder: str, *, side: str = "validation", step
     generated = rollout(model, sampler, copies, emit=int(generator.get("emit_frames", 2)),
                         lookahead=int(generator.get("lookahead_frames", 1)),
                         sustain=bool(generator.get("sustain_audio", False)), feature_set=feature_set,
+                        crossfade=bool(generator.get("crossfade_pose", False)),
                         steps=steps or int(sampling.get("steps", 1)),
                         guidance=guidance if guidance is not None else float(sampling.get("guidance", 1.0)), seed=seed,
                         temperature=float(sampling.get("motion_noise", 1.0)) if temperature is None else temperature)

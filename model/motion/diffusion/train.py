@@ -62,13 +62,11 @@ class TrainConfig:
         sample_steps: DDIM steps of the teacher's samples.
         emit_frames: frames a live call emits per window (the generator's window).
         lookahead_frames: frames of audio beyond them each window hears. Only validation and the config
-            use the two (training draws the boundary anywhere); 3 + 0 hears what 2 + 1 did, at the same
-            latency, with less jitter and more blinks (BENCHMARKS.md, 2026-12-07).
-        sustain_audio: beyond the lookahead, hear the last frame sustained (:func:`~.generator.sustain_audio`).
+            use the two (training draws the boundary anywhere); 3 + 0 hears what 2 + 1 did (BENCHMARKS.md).
+        sustain_audio, crossfade_pose: the generator's rules of :mod:`~.blocks` (written into its config).
         audio_copies: audio copies per clip (copy 0 unaugmented).
         validate_every: steps between validations.
-        rollout_every: steps between free-running validations (whole held-out clips generated from their
-            audio alone, as live: jawOpen against the real one, head motion, blinks).
+        rollout_every: steps between free-running validations (:mod:`~.rollout`: held-out clips, as live).
         rollout_steps: DDIM steps of the teacher in those (the student always takes one).
         features: the audio feature set (:data:`~.features.FEATURE_SETS`).
         mouth_unknown: share of training windows whose carried mouth is replaced by noise.
@@ -76,8 +74,7 @@ class TrainConfig:
             run 8 with it lost to run 7 in ``emote eval`` (lip sync 0.15 vs 0.24, identity 0.279 vs 0.206).
         prior_l2: the prior's ridge penalty per training frame.
         pose_smooth: sigma (frames) of a Gaussian smoothing of the measured head pose (runs 8 and 9: 1.5).
-        acceleration: weight of a second-difference loss term. Off: run 9 (1.0) jittered more and its
-            free-running jawOpen r fell to 0.105 (run 7: 0.201).
+        acceleration: weight of a second-difference loss term. Off: run 9 (1.0) jittered more, jawOpen r 0.105.
         motion_noise: scale of the sampling noise of everything but the articulation (head, eyes, brows),
             written into the models' configs: 1.25, chosen on the training people's free-running rollouts
             (blinks 18.1/min against their real 20.0, 9.2 at 1.0; yaw spread x1.12 of theirs, 0.90 at 1.0).
@@ -102,6 +99,7 @@ class TrainConfig:
     emit_frames: int = 3
     lookahead_frames: int = 0
     sustain_audio: bool = True
+    crossfade_pose: bool = True
     audio_copies: int = 6
     validate_every: int = 500
     rollout_every: int = 2000
@@ -324,7 +322,7 @@ def train(dataset_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None 
             generated = rollout(m, val_sampler, val_clips_copies, emit=cfg.emit_frames, lookahead=cfg.lookahead_frames,
                                 steps=1 if one_step else cfg.rollout_steps, guidance=1.0 if one_step else cfg.guidance,
                                 seed=cfg.seed, temperature=cfg.motion_noise, sustain=cfg.sustain_audio,
-                                feature_set=cfg.features)
+                                feature_set=cfg.features, crossfade=cfg.crossfade_pose)
             metrics |= rollout_metrics(val_sampler, val_clips_copies, generated)
         return metrics
 
@@ -332,7 +330,7 @@ def train(dataset_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None 
                                   cfg.rollout_every)
     extra = {"train": asdict(cfg), "features": cfg.features,
              "generator": {"emit_frames": cfg.emit_frames, "lookahead_frames": cfg.lookahead_frames,
-                           "sustain_audio": cfg.sustain_audio}}
+                           "sustain_audio": cfg.sustain_audio, "crossfade_pose": cfg.crossfade_pose}}
     teacher.save(out / "teacher", {**extra, "sampling": {"steps": cfg.sample_steps, "guidance": cfg.guidance,
                                                           "mouth_noise": 0.0, "motion_noise": cfg.motion_noise}})
     say(f"teacher samples for distillation: {cfg.pairs} windows x {cfg.sample_steps} steps")

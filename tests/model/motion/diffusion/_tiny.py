@@ -28,8 +28,8 @@ def tiny_model(seed: int = 0) -> MotionDenoiser:
     return model.eval()
 
 
-def save_tiny(folder: Path, seed: int = 0) -> Path:
-    tiny_model(seed).save(folder, {"generator": {"emit_frames": 2, "lookahead_frames": 1}})
+def save_tiny(folder: Path, seed: int = 0, generator: dict[str, object] | None = None) -> Path:
+    tiny_model(seed).save(folder, {"generator": generator or {"emit_frames": 2, "lookahead_frames": 1}})
     return folder
 
 

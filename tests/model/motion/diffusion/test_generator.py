@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from emote.model.motion.diffusion.blocks import articulation_gate, crossfade_pose, sustain_audio
 from emote.model.motion.diffusion.features import COMFORT_NOISE_RMS, clip_features, mel_matrix, silent_frames
-from emote.model.motion.diffusion.generator import DiffusionGenerator, articulation_gate, sustain_audio
+from emote.model.motion.diffusion.generator import DiffusionGenerator
 from emote.model.motion.interface import COEFF_INDEX, N_COEFFS, N_POSE, MotionChunk
 from emote.streaming.animator import MotionStream
 from tests._fixtures import chunked
@@ -231,3 +232,32 @@ def test_sustained_audio_fills_the_window_beyond_the_lookahead() -> None:
     batch[:, 1, 0], batch_heard[:, :2] = [7.0, 8.0], 1.0
     sustain_audio(batch, batch_heard, 2)  # rollouts fill a batch of windows at once
     assert batch[:, 2:, 0].tolist() == [[7.0, 7.0], [8.0, 8.0]] and batch_heard.min() == 1.0
+
+
+SHIPPED_RULES = {"emit_frames": 3, "lookahead_frames": 0, "sustain_audio": True, "crossfade_pose": True}
+
+
+def test_the_shipped_block_rules_give_the_same_motion_however_the_audio_arrives(tmp_path: Path) -> None:
+    generator = DiffusionGenerator(save_tiny(tmp_path, generator=SHIPPED_RULES))
+    assert (generator.window_frames, generator.lookahead, generator.sustain, generator.crossfade) == (3, 0, True, True)
+    x = np.concatenate([talk(2.0), np.zeros(16000, np.float32)])
+    whole = run(generator, x, len(x))
+    for chunk in (160, [1, 4000, 333]):
+        part = run(generator, x, chunk)
+        np.testing.assert_array_equal(part.pose, whole.pose)
+        np.testing.assert_array_equal(part.coeffs, whole.coeffs)
+    plain = DiffusionGenerator(save_tiny(tmp_path / "plain", generator={**SHIPPED_RULES, "crossfade_pose": False}))
+    joined = run(plain, x, len(x))
+    assert not np.array_equal(joined.pose, whole.pose)  # the crossfade changes the head ...
+    np.testing.assert_array_equal(joined.pose[:3], whole.pose[:3])  # ... from the second block on
+    np.testing.assert_array_equal(joined.coeffs[:3], whole.coeffs[:3])
+
+
+def test_a_block_starts_from_the_pose_the_window_before_foresaw() -> None:
+    block = np.ones((3, 10), np.float32)
+    ahead = np.zeros((3, 10), np.float32)
+    out = crossfade_pose(block, ahead)
+    np.testing.assert_allclose(out[:, 0], [1 / 3, 2 / 3, 1.0])  # weights 2/3, 1/3, 0 on the foresight
+    np.testing.assert_allclose(out[:, N_POSE:], 1.0)  # expression and mouth are the new block's
+    short = crossfade_pose(block, ahead[:1])  # a window that foresaw only one frame of the block
+    np.testing.assert_allclose(short[:, 0], [1 / 3, 1.0, 1.0])
