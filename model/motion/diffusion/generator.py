@@ -3,10 +3,12 @@
 The model works on a 25 fps grid in blocks of ``emit_frames`` (3) frames. Each block is one window
 of the denoiser: the last ``carried`` (8) frames it made before (EMO's motion frames, kept in the
 state), then the block, then a provisional future it throws away. Audio features are real up to
-``lookahead_frames`` (0) frames beyond the block and the learned null audio after that; noise is
-seeded by (seed, block number), so the motion depends only on the audio and the seed, never on how
-it arrived. One denoiser call per block (the student was distilled to one step with guidance
-folded in).
+``lookahead_frames`` (0) frames beyond the block and the learned null audio after that, or, as the
+shipped config asks, the last heard frame sustained; noise is seeded by (seed, block number), so the
+motion depends only on the audio and the seed, never on how it arrived. One denoiser call per block
+(the student was distilled to one step with guidance folded in). Digital silence is heard as a quiet
+room (comfort noise), and :mod:`~.blocks` decides what is shown: the mouth at rest in silence, and each
+block's head starting from what the window before foresaw for it.
 
 Windows: the generator asks for windows of ``emit_frames`` frames with the audio of its carried
 frames as context and ``lookahead_frames`` of lookahead; at 25 fps each window is exactly one block,
