@@ -79,20 +79,42 @@ def relax_articulation(block: np.ndarray, gate: np.ndarray, mouth: list[int], me
     return out
 
 
-def sustain_audio(audio: np.ndarray, heard: np.ndarray, boundary: int) -> None:
+#: A window whose last heard frame is quieter than this in every hop (log mean power; -40 dBFS, below
+#: speech's usual -30 to -20) hears that frame sustained beyond it (:func:`sustain_audio`).
+QUIET_LOG_POWER = float(np.log(1e-4))
+
+
+def sustain_audio(audio: np.ndarray, heard: np.ndarray, boundary: int, where: np.ndarray | None = None) -> None:
     """Hear the frames of a window from position ``boundary`` on as the frame before it, sustained (in place).
 
     Beyond the lookahead the model would hear its learned null audio, "anything may come", and the last
     frame it emits then hedges toward speech starting: run 7 with 3-frame blocks and no lookahead opened
     its mouth (a coefficient above 0.1) in 2-23 % of the frames of 20 s of silence, by portrait, with
     peaks of 0.18-0.40, where the sound heard going on keeps it at 0-16 % and 0.06-0.16 (2-frame blocks
-    with a frame of lookahead: 0-31 %, 0.09-0.27). Measured 2026-12-07, BENCHMARKS.md.
+    with a frame of lookahead: 0-31 %, 0.09-0.27). In speech the null audio serves the lips better:
+    free-running jawOpen r on the validation people 0.214 / 0.211 (seeds 0, 1) with it, 0.201 / 0.200
+    sustaining every window, 0.215 / 0.213 sustaining only windows whose last frame is quiet
+    (:func:`quiet_windows`), which the generator does. Measured 2026-12-07, BENCHMARKS.md.
 
     Args:
-        audio: (..., S, A) normalised audio features of a window.
+        audio: (..., S, A) normalised audio features of a window (or a batch of windows).
         heard: (..., S) 1 where the model hears the audio, 0 where it hears the null audio.
         boundary: the first position beyond the lookahead.
+        where: (...,) bool, which windows to sustain (None: all).
     """
-    if 0 < boundary < audio.shape[-2]:
-        audio[..., boundary:, :] = audio[..., boundary - 1 : boundary, :]
-        heard[..., boundary:] = heard[..., boundary - 1 : boundary]
+    if not 0 < boundary < audio.shape[-2]:
+        return
+    held, held_heard = audio[..., boundary - 1 : boundary, :], heard[..., boundary - 1 : boundary]
+    if where is None:
+        audio[..., boundary:, :] = held
+        heard[..., boundary:] = held_heard
+        return
+    mask = np.asarray(where, bool)
+    audio[..., boundary:, :] = np.where(mask[..., None, None], held, audio[..., boundary:, :])
+    heard[..., boundary:] = np.where(mask[..., None], held_heard, heard[..., boundary:])
+
+
+def quiet_windows(audio: np.ndarray, boundary: int, mean: np.ndarray, std: np.ndarray, feature_set: str
+                  ) -> np.ndarray:
+    """(...,) bool: windows (normalised features (..., S, A)) whose frame before ``boundary`` is quiet."""
+    return silent_frames(audio[..., boundary - 1, :] * std + mean, feature_set, QUIET_LOG_POWER)

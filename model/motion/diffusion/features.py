@@ -82,11 +82,12 @@ COMFORT_NOISE_RMS = 10 ** (-65 / 20)
 SILENT_LOG_POWER = float(np.log(1e-6))
 
 
-def silent_frames(features: np.ndarray, feature_set: str) -> np.ndarray:
-    """(n,) bool: which frames of raw (unnormalised) frame features are digital silence."""
+def silent_frames(features: np.ndarray, feature_set: str, below: float = SILENT_LOG_POWER) -> np.ndarray:
+    """(...,) bool: which frames of raw (unnormalised) frame features (..., A) have every hop quieter than
+    ``below`` (log mean power; default: silence)."""
     hop_dim = FEATURE_SETS["mel" if feature_set == "mel+prior" else feature_set]
-    energy = features[:, [h * hop_dim + N_MELS for h in range(HOPS_PER_FRAME)]]
-    return np.asarray(energy.max(axis=1) < SILENT_LOG_POWER)
+    energy = features[..., [h * hop_dim + N_MELS for h in range(HOPS_PER_FRAME)]]
+    return np.asarray(energy.max(axis=-1) < below)
 
 
 def mel_matrix() -> np.ndarray:

@@ -4,7 +4,7 @@ The model works on a 25 fps grid in blocks of ``emit_frames`` (3) frames. Each b
 of the denoiser: the last ``carried`` (8) frames it made before (EMO's motion frames, kept in the
 state), then the block, then a provisional future it throws away. Audio features are real up to
 ``lookahead_frames`` (0) frames beyond the block and the learned null audio after that, or, as the
-shipped config asks, the last heard frame sustained; noise is seeded by (seed, block number), so the
+shipped config asks, the last heard frame sustained when it is quiet; noise is seeded by (seed, block number), so the
 motion depends only on the audio and the seed, never on how it arrived. One denoiser call per block
 (the student was distilled to one step with guidance folded in). Digital silence is heard as a quiet
 room (comfort noise), and :mod:`~.blocks` decides what is shown: the mouth at rest in silence, and each
@@ -34,7 +34,13 @@ import numpy as np
 
 from emote.model.errors import DependencyError
 from emote.model.motion.baseline.mouth_dynamics import MouthFilter
-from emote.model.motion.diffusion.blocks import articulation_gate, crossfade_pose, relax_articulation, sustain_audio
+from emote.model.motion.diffusion.blocks import (
+    articulation_gate,
+    crossfade_pose,
+    quiet_windows,
+    relax_articulation,
+    sustain_audio,
+)
 from emote.model.motion.diffusion.denoiser import mouth_dims
 from emote.model.motion.diffusion.features import (
     COMFORT_NOISE_RMS,
@@ -255,7 +261,9 @@ class DiffusionGenerator:
         cache, cache_valid = audio[keep].copy(), has_audio[keep].copy()
         heard = has_audio.astype(np.float32)
         if self.sustain:
-            sustain_audio(audio, heard, k + self.emit + self.lookahead)
+            boundary = k + self.emit + self.lookahead
+            quiet = quiet_windows(audio, boundary, self._audio_mean, self._audio_std, self.feature_set)
+            sustain_audio(audio, heard, boundary, quiet)
         gate = articulation_gate(audio * self._audio_std + self._audio_mean, has_audio, self.feature_set,
                                  k, self.emit)
         inputs = [torch.from_numpy(a[None]) for a in (carried, known, audio, heard, st.rest)]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emote.model.motion.diffusion.blocks import articulation_gate, crossfade_pose, sustain_audio
+from emote.model.motion.diffusion.blocks import articulation_gate, crossfade_pose, quiet_windows, sustain_audio
 from emote.model.motion.diffusion.features import COMFORT_NOISE_RMS, clip_features, mel_matrix, silent_frames
 from emote.model.motion.diffusion.generator import DiffusionGenerator
 from emote.model.motion.interface import COEFF_INDEX, N_COEFFS, N_POSE, MotionChunk
@@ -232,6 +232,18 @@ def test_sustained_audio_fills_the_window_beyond_the_lookahead() -> None:
     batch[:, 1, 0], batch_heard[:, :2] = [7.0, 8.0], 1.0
     sustain_audio(batch, batch_heard, 2)  # rollouts fill a batch of windows at once
     assert batch[:, 2:, 0].tolist() == [[7.0, 7.0], [8.0, 8.0]] and batch_heard.min() == 1.0
+    batch[:, 2:], batch_heard[:, 2:] = 0.0, 0.0
+    sustain_audio(batch, batch_heard, 2, np.array([False, True]))  # only the windows asked for
+    assert batch[:, 2:, 0].tolist() == [[0.0, 0.0], [8.0, 8.0]] and batch_heard[:, 2:].tolist() == [[0, 0], [1, 1]]
+
+
+def test_only_windows_that_end_quiet_hear_their_last_frame_sustained() -> None:
+    mel = mel_matrix()
+    loud = (0.1 * np.sin(np.arange(640 * 6) * 0.2)).astype(np.float32)  # -23 dBFS
+    quiet = loud * 10 ** (-25 / 20)  # -48 dBFS: a pause, a quiet room
+    raw = np.stack([clip_features(x, 6, mel, "mel+formants", COMFORT_NOISE_RMS) for x in (loud, quiet)])
+    mean, std = raw.mean(axis=(0, 1)), raw.std(axis=(0, 1)) + 1.0
+    assert quiet_windows((raw - mean) / std, 4, mean, std, "mel+formants").tolist() == [False, True]
 
 
 SHIPPED_RULES = {"emit_frames": 3, "lookahead_frames": 0, "sustain_audio": True, "crossfade_pose": True}
