@@ -118,3 +118,9 @@ def quiet_windows(audio: np.ndarray, boundary: int, mean: np.ndarray, std: np.nd
                   ) -> np.ndarray:
     """(...,) bool: windows (normalised features (..., S, A)) whose frame before ``boundary`` is quiet."""
     return silent_frames(audio[..., boundary - 1, :] * std + mean, feature_set, QUIET_LOG_POWER)
+
+
+def sustain_quiet(audio: np.ndarray, heard: np.ndarray, boundary: int, mean: np.ndarray, std: np.ndarray,
+                  feature_set: str) -> None:
+    """:func:`sustain_audio` on the windows whose last heard frame is quiet (:func:`quiet_windows`), in place."""
+    sustain_audio(audio, heard, boundary, quiet_windows(audio, boundary, mean, std, feature_set))

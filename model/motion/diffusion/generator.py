@@ -37,9 +37,7 @@ from emote.model.motion.baseline.mouth_dynamics import MouthFilter
 from emote.model.motion.diffusion.blocks import (
     articulation_gate,
     crossfade_pose,
-    quiet_windows,
-    relax_articulation,
-    sustain_audio,
+    sustain_quiet,
 )
 from emote.model.motion.diffusion.denoiser import mouth_dims
 from emote.model.motion.diffusion.features import (
@@ -73,9 +71,9 @@ class DiffusionState:
             ``model_frames`` (a frame's features depend only on the audio around it, so they are
             computed once; frames of the lookahead are not kept: an interruption may still silence them).
         features_valid: (carried,) bool, which rows of ``features`` hold features.
+        shown: (carried,) share of each carried frame's articulation that is shown (:func:`articulation_gate`).
         mouth: the analytic articulation filter of the ``mel+prior`` features, run up to ``model_frames``
             (None for the other feature sets).
-        shown: (carried,) share of each carried frame's articulation that is shown (:func:`articulation_gate`).
         ahead: (<= emit, D) the last window's provisional frames for the next block (:func:`crossfade_pose`).
     """
 
@@ -86,8 +84,8 @@ class DiffusionState:
     carried: np.ndarray
     features: np.ndarray
     features_valid: np.ndarray
+    shown: np.ndarray
     mouth: MouthFilter | None = None
-    shown: np.ndarray | None = None
     ahead: np.ndarray | None = None
 
 
@@ -193,8 +191,7 @@ class DiffusionGenerator:
         st = state
         made = 0  # model frames made in this call
         history = st.carried
-        shown = st.shown if st.shown is not None else np.ones(len(history), np.float32)
-        features, valid, mouth, ahead = st.features, st.features_valid, st.mouth, st.ahead
+        features, valid, mouth, ahead, shown = st.features, st.features_valid, st.mouth, st.ahead, st.shown
         while st.model_frames + made < need:
             block, future, gate, features, valid, mouth = self._block(window, st, st.model_frames + made, history,
                                                                       features, valid, mouth)
@@ -204,7 +201,8 @@ class DiffusionGenerator:
             made += len(block)
         first = st.model_frames + made - len(history)  # model frame of history[0]
         # What is shown: the articulation relaxed in silence (the model goes on from its own frames).
-        raw = relax_articulation(history, shown, self._mouth, self._mean, self._std) * self._std + self._mean
+        raw = history * self._std + self._mean
+        raw[:, self._mouth] *= shown[:, None]
         pose = np.zeros((n, N_POSE), np.float32)
         coeffs = np.repeat(st.rest[None], n, axis=0)
         if n:
@@ -262,8 +260,7 @@ class DiffusionGenerator:
         heard = has_audio.astype(np.float32)
         if self.sustain:
             boundary = k + self.emit + self.lookahead
-            quiet = quiet_windows(audio, boundary, self._audio_mean, self._audio_std, self.feature_set)
-            sustain_audio(audio, heard, boundary, quiet)
+            sustain_quiet(audio, heard, boundary, self._audio_mean, self._audio_std, self.feature_set)
         gate = articulation_gate(audio * self._audio_std + self._audio_mean, has_audio, self.feature_set,
                                  k, self.emit)
         inputs = [torch.from_numpy(a[None]) for a in (carried, known, audio, heard, st.rest)]

@@ -17,9 +17,9 @@ import torch
 from emote.model.motion.diffusion.blocks import (
     articulation_gate,
     crossfade_pose,
-    quiet_windows,
     relax_articulation,
     sustain_audio,
+    sustain_quiet,
 )
 from emote.model.motion.diffusion.denoiser import MotionDenoiser
 from emote.model.motion.diffusion.windows import Copy, WindowSampler
@@ -32,11 +32,13 @@ T_MAX = 999
 def rollout(model: MotionDenoiser, sampler: WindowSampler, copies: list[Copy], *, emit: int, lookahead: int,
             steps: int = 1, guidance: float = 1.0, seed: int = 0, temperature: float = 1.0,
             sustain: bool = False, feature_set: str | None = None, crossfade: bool = False) -> list[np.ndarray]:
-    """Generated normalised motion (T, D) of each clip, from its audio alone (the first frame as portrait);
-    ``sustain``: the audio beyond the lookahead is heard as the last frame's, sustained (where that frame is
-    quiet, given ``feature_set``); ``feature_set``
-    given: the articulation relaxes in silence; ``crossfade``: blocks start from the pose the window before
-    foresaw (the generator's ``sustain_audio``, ``articulation_gate`` and ``crossfade_pose``)."""
+    """Generated normalised motion (T, D) of each clip, from its audio alone (the first frame as portrait).
+
+    The generator's block rules (:mod:`~.blocks`): ``sustain``, the audio beyond the lookahead is heard as
+    the last frame's, sustained (where that frame is quiet, given ``feature_set``); ``feature_set`` given,
+    the shown articulation relaxes in silence; ``crossfade``, blocks start from the pose the window before
+    foresaw.
+    """
     from emote.model.motion.diffusion.generator import ddim_sample
 
     model.eval()
@@ -67,10 +69,11 @@ def rollout(model: MotionDenoiser, sampler: WindowSampler, copies: list[Copy], *
                                    feature_set, k, emit) if feature_set else np.ones(emit, np.float32)
                  for row in range(b)]
         if sustain:
-            boundary = k + emit + lookahead
-            quiet = quiet_windows(audio, boundary, sampler.audio_mean, sampler.audio_std, feature_set) \
-                if feature_set else None
-            sustain_audio(audio, has_audio, boundary, quiet)
+            if feature_set:
+                sustain_quiet(audio, has_audio, k + emit + lookahead, sampler.audio_mean, sampler.audio_std,
+                              feature_set)
+            else:
+                sustain_audio(audio, has_audio, k + emit + lookahead)
         known = torch.zeros(b, s_len)
         known[:, :k] = 1
         tensors = [torch.from_numpy(carried), known, torch.from_numpy(audio), torch.from_numpy(has_audio),
