@@ -114,9 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("dataset", help="the dataset folder")
     tr.add_argument("-o", "--output", required=True,
                     help="folder for teacher/, student/, metrics.json and curves.png")
-    tr.add_argument("--teacher-steps", type=int, default=None, help="optimiser steps of the teacher (default 8000)")
+    tr.add_argument("--teacher-steps", type=int, default=None, help="optimiser steps of the teacher (default 6000)")
     tr.add_argument("--student-steps", type=int, default=None, help="optimiser steps of the student (default 4000)")
     tr.add_argument("--pairs", type=int, default=None, help="teacher samples for distillation (default 20000)")
+    tr.add_argument("--features", default=None, metavar="SET",
+                    help="audio features: mel, mel+formants (default), mel+prior, or any of them +speech "
+                         "(Whisper's encoder beside them)")
     tr.add_argument("--seed", type=int, default=0, help="random seed of the run (default 0)")
     serve = sub.add_parser("serve", help="run the live server: a talking avatar over WebRTC, web client at /")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
@@ -184,6 +187,14 @@ def _train(args: argparse.Namespace) -> None:
             if value < 1:
                 raise OptionError(f"--{name.replace('_', '-')} {value}: give a positive number")
             options[name] = value
+    if args.features is not None:
+        from emote.model.motion.diffusion.features import spectral_set
+
+        try:
+            spectral_set(args.features)
+        except ValueError as exc:
+            raise OptionError(f"--features {args.features}: {exc}") from None
+        options["features"] = args.features
     torch.set_num_threads(max(1, torch.get_num_threads()))
     started = time.perf_counter()
     metrics = train(args.dataset, args.output, dataclasses.replace(TrainConfig(), **options),

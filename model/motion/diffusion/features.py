@@ -51,11 +51,30 @@ FRAME_DIM = HOPS_PER_FRAME * HOP_DIM
 #: a stream carries its state (:func:`prior_features`).
 PRIOR_DIM = N_CHANNELS + 4
 FEATURE_SETS = {"mel": HOP_DIM, "mel+formants": HOP_DIM + FORMANT_DIM, "mel+prior": HOP_DIM + PRIOR_DIM}
+#: A set named ``<set>+speech`` is ``<set>`` with Whisper's encoder output appended to every frame
+#: (:mod:`~.speech`: :data:`~.speech.SPEECH_DIM` numbers, computed per block of the generator's schedule).
+SPEECH_SUFFIX = "+speech"
+
+
+def spectral_set(feature_set: str) -> str:
+    """The per-hop part of a feature set (``mel+formants+speech`` -> ``mel+formants``)."""
+    base = feature_set[: -len(SPEECH_SUFFIX)] if feature_set.endswith(SPEECH_SUFFIX) else feature_set
+    if base not in FEATURE_SETS:
+        raise ValueError(f"unknown audio feature set {feature_set!r}; one of "
+                         f"{', '.join(sorted(FEATURE_SETS) + [s + SPEECH_SUFFIX for s in sorted(FEATURE_SETS)])}")
+    return base
+
+
+def has_speech(feature_set: str) -> bool:
+    """Whether a feature set carries Whisper's encoder output (:mod:`~.speech`)."""
+    return spectral_set(feature_set) != feature_set
 
 
 def frame_dim(feature_set: str) -> int:
-    """Numbers per 25 fps frame of a feature set (4 hops side by side)."""
-    return HOPS_PER_FRAME * FEATURE_SETS[feature_set]
+    """Numbers per 25 fps frame of a feature set (4 hops side by side, then the speech features if any)."""
+    from emote.model.motion.diffusion.speech import SPEECH_DIM
+
+    return HOPS_PER_FRAME * FEATURE_SETS[spectral_set(feature_set)] + (SPEECH_DIM if has_speech(feature_set) else 0)
 #: Audio a frame's features need beyond its own 40 ms: half an analysis window on each side.
 MARGIN_SAMPLES = HALF_WIN
 _WINDOW = np.hanning(WIN).astype(np.float32)
@@ -66,7 +85,7 @@ _WINDOW = np.hanning(WIN).astype(np.float32)
 #: 0.05 with -80 dBFS noise. Recordings' quiet stretches sit above it, except where a video's audio was
 #: gated to digital zero (7 of the 85 training and validation clips): those now read as a quiet room too.
 DITHER_RMS = 1e-4
-_DITHER = (np.random.default_rng(20261206).standard_normal(1 << 16) * DITHER_RMS).astype(np.float32)
+DITHER_TRACK = (np.random.default_rng(20261206).standard_normal(1 << 16) * DITHER_RMS).astype(np.float32)
 _WIN_OFFSETS = np.arange(WIN) - HALF_WIN  # a hop's samples around its centre
 assert SAMPLE_RATE / FPS == HOP * HOPS_PER_FRAME
 assert len(_FREQS) == N_FFT // 2 + 1 and _FREQS[1] == SAMPLE_RATE / N_FFT  # the baseline's spectrum grid
@@ -85,7 +104,8 @@ SILENT_LOG_POWER = float(np.log(1e-6))
 def silent_frames(features: np.ndarray, feature_set: str, below: float = SILENT_LOG_POWER) -> np.ndarray:
     """(...,) bool: which frames of raw (unnormalised) frame features (..., A) have every hop quieter than
     ``below`` (log mean power; default: silence)."""
-    hop_dim = FEATURE_SETS["mel" if feature_set == "mel+prior" else feature_set]
+    base = spectral_set(feature_set)
+    hop_dim = FEATURE_SETS["mel" if base == "mel+prior" else base]
     energy = features[..., [h * hop_dim + N_MELS for h in range(HOPS_PER_FRAME)]]
     return np.asarray(energy.max(axis=-1) < below)
 
@@ -117,7 +137,7 @@ def hop_features(samples: np.ndarray, first_sample: int, first_hop: int, n_hops:
         return np.zeros((0, FEATURE_SETS[feature_set]), np.float32)
     frames = hop_frames(samples, first_sample, first_hop, n_hops).astype(np.float32)
     at = (first_hop + np.arange(n_hops))[:, None] * HOP + _WIN_OFFSETS  # the stream samples of each hop
-    frames = frames + _DITHER[at % len(_DITHER)] * np.float32(floor_rms / DITHER_RMS)
+    frames = frames + DITHER_TRACK[at % len(DITHER_TRACK)] * np.float32(floor_rms / DITHER_RMS)
     power = np.abs(np.fft.rfft(frames * _WINDOW, n=N_FFT, axis=1)) ** 2
     log_mel = np.log(power @ mel + 1e-8)
     energy = np.log(np.mean(frames * frames, axis=1) + 1e-8)
@@ -151,8 +171,9 @@ def frame_features(samples: np.ndarray, first_sample: int, first_frame: int, n_f
     The buffer must hold the frames' audio plus :data:`MARGIN_SAMPLES` on each side; samples outside
     the stream are zeros.
     """
-    if feature_set == "mel+prior":
-        raise ValueError("the mel+prior features carry state: use prior_features beside the mel ones")
+    if feature_set == "mel+prior" or has_speech(feature_set):
+        raise ValueError(f"the {feature_set} features depend on more than a frame's audio: compute the stateful "
+                         "part (prior_features, speech.frames_speech) beside the spectral one")
     hops = hop_features(samples, first_sample, frame_first_hop(first_frame), HOPS_PER_FRAME * n_frames, mel,
                         feature_set, floor_rms)
     return hops.reshape(n_frames, frame_dim(feature_set))
@@ -178,14 +199,21 @@ def prior_features(samples: np.ndarray, first_sample: int, first_frame: int, n_f
 
 
 def clip_features(audio: np.ndarray, n_frames: int, mel: np.ndarray, feature_set: str = "mel",
-                  floor_rms: float = DITHER_RMS) -> np.ndarray:
-    """(n_frames, frame_dim) features of a whole clip whose frame 0 starts at sample 0 (training)."""
+                  floor_rms: float = DITHER_RMS, block: int = 3) -> np.ndarray:
+    """(n_frames, frame_dim) features of a whole clip whose frame 0 starts at sample 0 (training); the speech
+    features (``+speech`` sets) in blocks of ``block`` frames from the start, as the generator makes them."""
     audio = np.asarray(audio)
     x = audio.astype(np.float32) / 32768.0 if np.issubdtype(audio.dtype, np.integer) else audio.astype(np.float32)
     padded = np.concatenate([np.zeros(MARGIN_SAMPLES + HOP, np.float32), x,
                              np.zeros(MARGIN_SAMPLES + HOP * HOPS_PER_FRAME * 2, np.float32)])
-    if feature_set != "mel+prior":
-        return frame_features(padded, -(MARGIN_SAMPLES + HOP), 0, n_frames, mel, feature_set, floor_rms)
-    spectral = frame_features(padded, -(MARGIN_SAMPLES + HOP), 0, n_frames, mel, "mel", floor_rms)
-    prior, _ = prior_features(padded, -(MARGIN_SAMPLES + HOP), 0, n_frames, MouthFilter.start())
-    return np.concatenate([spectral, prior], axis=1)
+    base = spectral_set(feature_set)
+    if base != "mel+prior":
+        parts = [frame_features(padded, -(MARGIN_SAMPLES + HOP), 0, n_frames, mel, base, floor_rms)]
+    else:
+        parts = [frame_features(padded, -(MARGIN_SAMPLES + HOP), 0, n_frames, mel, "mel", floor_rms),
+                 prior_features(padded, -(MARGIN_SAMPLES + HOP), 0, n_frames, MouthFilter.start())[0]]
+    if has_speech(feature_set):
+        from emote.model.motion.diffusion.speech import clip_speech
+
+        parts.append(clip_speech(x, n_frames, block, DITHER_TRACK, floor_rms / DITHER_RMS))
+    return np.concatenate(parts, axis=1)

@@ -42,13 +42,17 @@ from emote.model.motion.diffusion.blocks import (
 from emote.model.motion.diffusion.denoiser import mouth_dims
 from emote.model.motion.diffusion.features import (
     COMFORT_NOISE_RMS,
+    DITHER_RMS,
+    DITHER_TRACK,
     FPS,
     HOP,
     MARGIN_SAMPLES,
     clip_features,
     frame_dim,
     frame_features,
+    has_speech,
     prior_features,
+    spectral_set,
 )
 from emote.model.motion.interface import N_COEFFS, N_POSE, AudioWindow, MotionChunk
 
@@ -152,6 +156,12 @@ class DiffusionGenerator:
         self.overlap_frames = cfg.carried
         # Audio of the carried frames before the window, of the lookahead after it, and the analysis margins.
         self.context_ms = 1000.0 * (cfg.carried * _FRAME_SAMPLES + MARGIN_SAMPLES) / SAMPLE_RATE
+        self._speech = has_speech(self.feature_set)
+        if self._speech:  # a block's speech features encode the seconds before it (speech.CONTEXT_FRAMES)
+            from emote.model.motion.diffusion.speech import CONTEXT_FRAMES
+
+            self.context_ms = max(self.context_ms, 1000.0 * (CONTEXT_FRAMES * _FRAME_SAMPLES + MARGIN_SAMPLES)
+                                  / SAMPLE_RATE)
         self.lookahead_ms = 1000.0 * (self.lookahead * _FRAME_SAMPLES + MARGIN_SAMPLES) / SAMPLE_RATE
         m = self.model
         self._mean, self._std = m.motion_mean.numpy(), m.motion_std.numpy()
@@ -164,7 +174,7 @@ class DiffusionGenerator:
         self._audio_mean, self._audio_std = m.audio_mean.numpy(), m.audio_std.numpy()
         self._mel = m.mel.numpy()
         self._silence = clip_features(np.zeros(_FRAME_SAMPLES, np.float32), 1, self._mel, self.feature_set,
-                                      COMFORT_NOISE_RMS)[0]
+                                      COMFORT_NOISE_RMS, block=self.emit)[0]
         self._active = m.active.numpy().astype(np.int64)
         if self._audio_mean.shape != (frame_dim(self.feature_set),):
             raise DependencyError(f"{weights}: the model's audio features ({self._audio_mean.shape[0]}) are not "
@@ -276,9 +286,9 @@ class DiffusionGenerator:
         if not len(pos):
             return out, mouth
         a, b = int(pos[0]), int(pos[-1]) + 1
-        spectral_set = "mel" if self.feature_set == "mel+prior" else self.feature_set
-        feats = frame_features(window.samples, window.first_sample, a, b - a, self._mel, spectral_set,
-                               COMFORT_NOISE_RMS)
+        base = spectral_set(self.feature_set)
+        feats = frame_features(window.samples, window.first_sample, a, b - a, self._mel,
+                               "mel" if base == "mel+prior" else base, COMFORT_NOISE_RMS)
         if mouth is not None:
             parts = []
             split = min(max(commit_until, a), b)
@@ -288,6 +298,12 @@ class DiffusionGenerator:
             if b > split:
                 parts.append(prior_features(window.samples, window.first_sample, split, b - split, mouth)[0])
             feats = np.concatenate([feats, np.concatenate(parts)], axis=1)
+        if self._speech:
+            from emote.model.motion.diffusion.speech import frames_speech
+
+            speech = frames_speech(window.samples, window.first_sample, a, b - a, self.emit, DITHER_TRACK,
+                                   COMFORT_NOISE_RMS / DITHER_RMS)
+            feats = np.concatenate([feats, speech], axis=1)
         out[frames >= 0] = feats
         return out, mouth
 

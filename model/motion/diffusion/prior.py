@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from emote.model.motion.diffusion.features import FEATURE_SETS, HOPS_PER_FRAME, N_MELS
+from emote.model.motion.diffusion.features import FEATURE_SETS, HOPS_PER_FRAME, N_MELS, spectral_set
 from emote.model.motion.diffusion.windows import Copy, rest_deltas
 
 #: Frames of audio (this one and the ones before) the prior reads: the carried frames plus one, so a
@@ -42,7 +42,7 @@ TARGET_LAGS = (0, 1)
 
 def prosody_columns(feature_set: str) -> np.ndarray:
     """Indices of each hop's log energy, voicing and log pitch within a frame's features."""
-    per_hop = FEATURE_SETS[feature_set]
+    per_hop = FEATURE_SETS[spectral_set(feature_set)]
     return np.array([h * per_hop + N_MELS + j for h in range(HOPS_PER_FRAME) for j in range(3)], np.int64)
 
 

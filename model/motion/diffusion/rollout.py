@@ -144,13 +144,13 @@ def evaluate_folder(dataset: str, folder: str, *, side: str = "validation", step
     generator = config.get("generator", {})
     mel = model.array("mel")
     clips = [clip for _, clip in dataset_clips(dataset, side)]
-    copies = [c[0] for c in prepare_all(clips, mel, seed, 1, feature_set=str(config.get("features", "mel")))]
-    feature_set = str(config.get("features", "mel"))
+    feature_set, emit = str(config.get("features", "mel")), int(generator.get("emit_frames", 2))
+    copies = [c[0] for c in prepare_all(clips, mel, seed, 1, feature_set=feature_set, block=emit)]
     norm = (model.array("motion_mean"), model.array("motion_std"), model.array("audio_mean"),
             model.array("audio_std"))
     sampler = WindowSampler([[c] for c in copies], model.cfg, model.array("active").astype(np.int64), norm,
-                            clip_features(np.zeros(640, np.float32), 1, mel, feature_set)[0])
-    generated = rollout(model, sampler, copies, emit=int(generator.get("emit_frames", 2)),
+                            clip_features(np.zeros(640, np.float32), 1, mel, feature_set, block=emit)[0])
+    generated = rollout(model, sampler, copies, emit=emit,
                         lookahead=int(generator.get("lookahead_frames", 1)),
                         sustain=bool(generator.get("sustain_audio", False)), feature_set=feature_set,
                         crossfade=bool(generator.get("crossfade_pose", False)),

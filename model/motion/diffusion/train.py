@@ -68,7 +68,7 @@ class TrainConfig:
         validate_every: steps between validations.
         rollout_every: steps between free-running validations (:mod:`~.rollout`: held-out clips, as live).
         rollout_steps: DDIM steps of the teacher in those (the student always takes one).
-        features: the audio feature set (:data:`~.features.FEATURE_SETS`).
+        features: the audio feature set (:data:`~.features.FEATURE_SETS`, ``+speech``: :mod:`~.speech`).
         mouth_unknown: share of training windows whose carried mouth is replaced by noise.
         prior_frames: frames of audio the articulation prior reads (:mod:`~.prior`, e.g. 9; 0: none). Off:
             run 8 with it lost to run 7 in ``emote eval`` (lip sync 0.15 vs 0.24, identity 0.279 vs 0.206).
@@ -276,9 +276,10 @@ def train(dataset_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None 
     say(f"{len(train_clips)} training clips ({sum(map(len, train_clips)) / 25 / 60:.1f} min), "
         f"{len(val_clips)} validation clips ({sum(map(len, val_clips)) / 25 / 60:.1f} min)")
     mel = mel_matrix()
-    silence = clip_features(np.zeros(640, np.float32), 1, mel, cfg.features)[0]
-    train_copies = prepare_all(train_clips, mel, cfg.seed, cfg.audio_copies, say, cfg.features, cfg.pose_smooth)
-    val_copies = prepare_all(val_clips, mel, cfg.seed + 1, 1, feature_set=cfg.features, pose_smooth=cfg.pose_smooth)
+    silence = clip_features(np.zeros(640, np.float32), 1, mel, cfg.features, block=cfg.emit_frames)[0]
+    train_copies = prepare_all(train_clips, mel, cfg.seed, cfg.audio_copies, say, cfg.features, cfg.pose_smooth,
+                               cfg.emit_frames)
+    val_copies = prepare_all(val_clips, mel, cfg.seed + 1, 1, None, cfg.features, cfg.pose_smooth, cfg.emit_frames)
     active, m_mean, m_std, a_mean, a_std = statistics(train_copies, silence)
     norm = (m_mean, m_std, a_mean, a_std)
     mouth = mouth_dims(active)
@@ -345,8 +346,7 @@ def train(dataset_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None 
         pairs.append(b)
     say(f"teacher samples: {time.perf_counter() - t0:.0f} s")
     pool = {k: torch.cat([p[k] for p in pairs]) for k in pairs[0]}
-    student = copy.deepcopy(teacher).train()
-    model = student
+    model = student = copy.deepcopy(teacher).train()
 
     def student_batch(step: int) -> tuple[torch.Tensor, ...]:
         pick = torch.from_numpy(rng.integers(0, len(pool["noise"]), cfg.batch))

@@ -121,9 +121,9 @@ class Copy:
 
 
 def prepare_copies(clip: Clip, mel: np.ndarray, rng: np.random.Generator, copies: int,
-                   feature_set: str = "mel", pose_smooth: float = 0.0) -> list[Copy]:
+                   feature_set: str = "mel", pose_smooth: float = 0.0, block: int = 3) -> list[Copy]:
     """Copy 0 as recorded, then ``copies - 1`` augmented ones; the pose smoothed over ``pose_smooth`` frames
-    (a Gaussian's sigma; 0 keeps it as measured)."""
+    (a Gaussian's sigma; 0 keeps it as measured); speech features in the generator's blocks of ``block``."""
     audio = clip.audio.astype(np.float32) / 32768.0
     pose = clip.pose
     if pose_smooth > 0:
@@ -137,7 +137,7 @@ def prepare_copies(clip: Clip, mel: np.ndarray, rng: np.random.Generator, copies
         m = motion if k == 0 else _stretch(motion, n, speed)
         jaw = m[:, N_POSE + _JAW]
         rest = np.flatnonzero(jaw <= np.quantile(jaw, REST_QUANTILE))
-        out.append(Copy(m, clip_features(x, len(m), mel, feature_set), rest))
+        out.append(Copy(m, clip_features(x, len(m), mel, feature_set, block=block), rest))
     return out
 
 
@@ -257,11 +257,11 @@ def statistics(clips: list[list[Copy]], silence: np.ndarray) -> tuple[np.ndarray
 
 def prepare_all(clips: list[Clip], mel: np.ndarray, seed: int, copies: int,
                 progress: Callable[[str], None] | None = None, feature_set: str = "mel",
-                pose_smooth: float = 0.0) -> list[list[Copy]]:
+                pose_smooth: float = 0.0, block: int = 3) -> list[list[Copy]]:
     rng = np.random.default_rng(seed)
     out = []
     for i, clip in enumerate(clips):
-        out.append(prepare_copies(clip, mel, rng, copies, feature_set, pose_smooth))
+        out.append(prepare_copies(clip, mel, rng, copies, feature_set, pose_smooth, block))
         if progress and (i + 1) % 20 == 0:
             progress(f"features: {i + 1}/{len(clips)} clips")
     return out

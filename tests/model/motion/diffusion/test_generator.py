@@ -149,10 +149,10 @@ def test_the_written_out_ddim_sampler_is_diffusers_sampler(tmp_path: Path) -> No
     assert np.allclose(warmer[:, :6], 1.25 * centred[:, :6]) and (warmer[:, mouth] == 0).all()
 
 
-@pytest.mark.parametrize("feature_set", ["mel", "mel+formants", "mel+prior"])
+@pytest.mark.parametrize("feature_set", ["mel", "mel+formants", "mel+prior", "mel+formants+speech"])
 def test_live_features_are_the_training_features(feature_set: str, tmp_path: Path) -> None:
     """What the generator hears frame by frame, streaming, is exactly what training computed on the whole clip
-    (the articulation prior's filter included), however the audio arrives."""
+    (the articulation prior's filter and the speech encoder's blocks included), however the audio arrives."""
     from dataclasses import replace
 
     import torch
@@ -172,7 +172,7 @@ def test_live_features_are_the_training_features(feature_set: str, tmp_path: Pat
     generator = DiffusionGenerator(tmp_path)
     x = talk(3.0)
     # The training features with the live floor: digital silence is heard as a quiet room (COMFORT_NOISE_RMS).
-    expected = clip_features(x, 75, model.mel.numpy(), feature_set, COMFORT_NOISE_RMS)
+    expected = clip_features(x, 75, model.mel.numpy(), feature_set, COMFORT_NOISE_RMS, block=generator.emit)
     for chunk in (len(x), 333):
         stream = MotionStream(generator, REST, fps=25.0)
         seen = {}

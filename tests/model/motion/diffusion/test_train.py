@@ -13,7 +13,7 @@ import torch
 
 from emote.model.motion.diffusion.clips import Clip
 from emote.model.motion.diffusion.denoiser import MotionDenoiser
-from emote.model.motion.diffusion.features import clip_features, mel_matrix
+from emote.model.motion.diffusion.features import clip_features, frame_dim, mel_matrix
 from emote.model.motion.diffusion.generator import DiffusionGenerator
 from emote.model.motion.diffusion.train import TrainConfig, _schedulers, _tensors, sample, train, window_loss
 from emote.model.motion.diffusion.windows import WindowSampler, prepare_all, statistics
@@ -126,7 +126,8 @@ def test_the_sampling_loop_is_seeded_and_guided(sampler: WindowSampler) -> None:
     assert not torch.equal(a, sample(model, b, noise + 0.1, steps=5, guidance=2.0))
 
 
-def test_a_whole_tiny_run_writes_models_the_generator_loads(dataset, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("features", ["mel+formants", "mel+formants+speech"])
+def test_a_whole_tiny_run_writes_models_the_generator_loads(dataset, features: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     folder, records, _ = dataset
     split = json.loads((folder / "split.json").read_text())
     people = sorted(split["people"])
@@ -137,7 +138,7 @@ def test_a_whole_tiny_run_writes_models_the_generator_loads(dataset, tmp_path: P
     (data / "split.json").write_text(json.dumps(split))
     (data / "clips").symlink_to(folder / "clips")
     cfg = TrainConfig(batch=16, teacher_steps=12, student_steps=6, pairs=32, audio_copies=2, validate_every=6,
-                      sample_steps=3)
+                      sample_steps=3, features=features)
     net = replace(TINY, width=32)
     metrics = train(data, tmp_path / "run", cfg, net)
     for name in ("teacher", "student"):
@@ -148,7 +149,8 @@ def test_a_whole_tiny_run_writes_models_the_generator_loads(dataset, tmp_path: P
     assert saved["config"]["teacher_steps"] == 12 and saved["student"][0]["jaw_r"] == metrics["student"][0]["jaw_r"]
     generator = DiffusionGenerator(tmp_path / "run" / "student")
     assert (generator.window_frames, generator.lookahead) == (cfg.emit_frames, cfg.lookahead_frames) == (3, 0)
-    assert generator.model.cfg.width == 32
+    assert generator.model.cfg.width == 32 and generator.feature_set == features
+    assert generator.model.cfg.audio_dim == frame_dim(features)
 
 
 def test_rollout_counts_closed_lids_not_dips(sampler: WindowSampler) -> None:
