@@ -60,6 +60,7 @@ endif
 # Measures generated videos against the real talking videos in ../shared/data/videos (skips when absent).
 eval: $(STAMP)
 	$(PY) -m bench.eval --write BENCHMARKS.md
+	$(PY) -m bench.eval --renderer --write BENCHMARKS.md
 
 # mypy reads the code under its installed names (emote.*) through links in .cache/typecheck: it cannot
 # follow setuptools' editable-install import hook.

@@ -99,10 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--portrait", default=None, help="use this portrait instead of the bundled one")
     ev = sub.add_parser("eval", help="measure generated videos against real talking videos")
     ev.add_argument("videos", nargs="+", metavar="VIDEO_OR_FOLDER", help="real talking videos, or folders of them")
-    ev.add_argument("--out", default="out/eval", help="folder for metrics, side-by-sides and the summary")
+    ev.add_argument("--out", default=None,
+                    help="folder for metrics, side-by-sides and the summary (default out/eval, out/reenact)")
     _add_motion_option(ev, several=True)
     ev.add_argument("--portrait", default=None, help="animate this image instead of each video's first frame")
     ev.add_argument("--seed", type=int, default=0, help="random seed of the generators")
+    ev.add_argument("--renderer", action="store_true",
+                    help="judge the renderer alone: re-enact each video's own measured motion from its first frame "
+                         "and compare the frames (PSNR, SSIM, landmark error); no motion model takes part")
     data = sub.add_parser("dataset", help="measure real talking videos into a training set (motion + audio), "
                                           "split by person")
     data.add_argument("videos", nargs="+", metavar="VIDEO_OR_FOLDER", help="talking videos, or folders of them")
@@ -138,13 +142,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _eval(args: argparse.Namespace) -> None:
+    if args.renderer:
+        from emote.evaluation.reenact import run_reenactment
+
+        if args.portrait is not None:
+            raise OptionError("--portrait with --renderer: a re-enactment's portrait is each video's first frame")
+        out = args.out or "out/reenact"
+        _, summary = run_reenactment(args.videos, out, progress=lambda msg: print(msg, file=sys.stderr))
+        print(summary)
+        print(f"per-video metrics, side-by-side videos and the worst mouths are in {Path(out).resolve()}")
+        return
     from emote.evaluation.run import run_eval
 
     generators = [g.strip() for g in args.motion.split(",") if g.strip()]
-    reports, summary = run_eval(args.videos, args.out, generators, portrait=args.portrait, seed=args.seed,
+    out = args.out or "out/eval"
+    reports, summary = run_eval(args.videos, out, generators, portrait=args.portrait, seed=args.seed,
                                 progress=lambda msg: print(msg, file=sys.stderr))
     print(summary)
-    print(f"per-video metrics, side-by-side videos and contact sheets are in {Path(args.out).resolve()}")
+    print(f"per-video metrics, side-by-side videos and contact sheets are in {Path(out).resolve()}")
 
 
 def _dataset(args: argparse.Namespace) -> None:
