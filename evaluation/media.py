@@ -38,10 +38,10 @@ def side_by_side_frame(frames: list[np.ndarray], labels: list[str], height: int)
 
 
 def write_side_by_side(
-    out: str | Path, videos: list[list[np.ndarray]], labels: list[str], fps: float, audio: str | Path,
+    out: str | Path, videos: list[list[np.ndarray]], labels: list[str], fps: float, audio: str | Path | None,
     height: int = 256,
 ) -> None:  # fmt: skip
-    """Write ``videos`` (lists of RGB frames, same length) side by side, with ``audio``'s sound.
+    """Write ``videos`` (lists of RGB frames, same length) side by side, with ``audio``'s sound (None: silent).
 
     Args:
         out: MP4 file to write (atomically).
@@ -53,10 +53,10 @@ def write_side_by_side(
     """
     n = min(len(v) for v in videos)
     first = side_by_side_frame([v[0] for v in videos], labels, height)
-    source = open_audio(audio)
-    with Mp4Writer(out, first.shape[1], first.shape[0], fps, audio_rate=source.mux_rate,
-                   audio_layout=source.mux_layout) as writer:
-        for piece in source.chunks():
+    source = open_audio(audio) if audio is not None else None
+    with Mp4Writer(out, first.shape[1], first.shape[0], fps, audio_rate=source.mux_rate if source else None,
+                   audio_layout=source.mux_layout if source else "mono") as writer:
+        for piece in source.chunks() if source else []:
             if piece.start_sample / 16000 > n / fps:
                 break
             writer.write_audio(piece.for_mux)

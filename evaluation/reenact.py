@@ -11,7 +11,8 @@ mouth's teeth, a shut lid's skin, the cheek behind a turned head.
 
 Per video: ``metrics.json`` (means, and every scored frame's numbers), a side-by-side MP4 (real |
 rendered | difference) and a contact sheet of the frames whose mouth scores worst; over all videos a
-markdown summary (mean and worst). Videos are cut to :data:`MAX_SECONDS`.
+markdown summary (mean and worst). Videos are cut to :data:`MAX_SECONDS`, and at their first cut (the
+shot after it is not motion from the first frame).
 """
 
 from __future__ import annotations
@@ -90,6 +91,25 @@ def reenactment_motion(tracks: FaceTracks) -> tuple[np.ndarray, np.ndarray, np.n
     return pose, np.clip(coeffs, 0.0, 1.0).astype(np.float32), seen
 
 
+def _has_audio(path: Path) -> bool:
+    import av
+
+    with av.open(str(path)) as container:
+        return bool(container.streams.audio)
+
+
+def first_shot(tracks: FaceTracks) -> int:
+    """Frames before the first cut or long loss of the face (as :func:`~emote.model.motion.diffusion.clips.
+    segment_motion` splits a training video), or all of them."""
+    from emote.model.face.blendshape_basis import BlendshapeBasis
+    from emote.model.motion.diffusion.clips import segment_motion
+
+    pieces = segment_motion(tracks, BlendshapeBasis.load())
+    if pieces and pieces[0][0] == 0:
+        return len(pieces[0][1])
+    return len(tracks)
+
+
 def _landmark_errors(real: np.ndarray, rendered: np.ndarray, shifts: np.ndarray) -> dict[str, np.ndarray]:
     """Per frame mean landmark distance (2-D, after the image alignment) in eye-corner distances."""
     eye = np.linalg.norm(real[:, 33, :2] - real[:, 263, :2], axis=1)
@@ -128,6 +148,9 @@ def reenact_video(video: Path, out_dir: Path, *, progress: ProgressFn | None = N
         raise InputError(f"{video}: a single frame; re-enactment needs a talking video")
     say(f"{video.name}: measuring the real motion ({len(real)} frames)")
     tracks = measure_frames(real, fps)
+    shot = first_shot(tracks)
+    if shot < len(real):  # a cut: what comes after it is another shot, not motion from the first frame
+        real, tracks = real[:shot], FaceTracks(tracks.landmarks[:shot], tracks.coeffs[:shot], fps)
     pose, coeffs, seen = reenactment_motion(tracks)
     renderer = make_renderer()
     session = renderer.session(prepare_portrait(portrait, full_frame=True, renderer=renderer))
@@ -159,7 +182,7 @@ def reenact_video(video: Path, out_dir: Path, *, progress: ProgressFn | None = N
     diff = [np.clip(np.abs(r.astype(np.int16) - shift_image(g, *shifts[i]).astype(np.int16)) * 3, 0, 255)
             .astype(np.uint8) for i, (r, g) in enumerate(zip(real, rendered, strict=True))]
     write_side_by_side(folder / "side_by_side.mp4", [real, rendered, diff], ["real", "rendered", "|difference| x3"],
-                       fps, video)
+                       fps, video if _has_audio(video) else None)
     worst = used[np.argsort(per_frame["mouth_ssim"])[:WORST_FRAMES]]
     rows = [side_by_side_frame([real[i], rendered[i], diff[i]],
                                [f"real #{i}", f"mouth SSIM {per_frame['mouth_ssim'][k]:.2f}", "x3"], 200)

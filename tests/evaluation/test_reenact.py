@@ -100,3 +100,18 @@ def test_the_renderer_reenacts_its_own_video(talking: Path, tmp_path: Path) -> N
     reenacted = np.mean([scored[i] for i in wide])
     still = np.mean([compare_frames(real[i], real[0], tracks.landmarks[i])[0]["mouth_ssim"] for i in wide])
     assert reenacted > still + 0.04
+
+
+def test_a_cut_ends_the_reenactment(talking: Path, tmp_path: Path) -> None:
+    from emote.model.media.video_out import Mp4Writer
+
+    frames, fps = read_video_frames(talking)
+    cut = tmp_path / "cut.mp4"
+    h, w = frames[0].shape[:2]
+    with Mp4Writer(cut, w, h, fps) as writer:  # 40 frames, then the same face a third of the picture away
+        for i, f in enumerate(frames[:80]):
+            writer.write_video(f if i < 40 else np.roll(f, w // 3, axis=1))
+    out = tmp_path / "out"
+    assert emote_main(["eval", "--renderer", str(cut), "--out", str(out)]) == 0
+    report = json.loads((out / "cut" / "metrics.json").read_text())
+    assert max(report["per_frame"]["frame"]) == 39 and report["metrics"]["frames"] >= 35
