@@ -155,7 +155,8 @@ def frames_speech(samples: np.ndarray, first_sample: int, first_frame: int, n_fr
     if n_frames <= 0:
         return np.zeros((0, SPEECH_DIM), np.float32)
     frames = first_frame + np.arange(n_frames)
-    last_end = (first_sample + len(samples) - (HALF_WIN - 2 * HOP)) // (HOP * HOPS_PER_FRAME)
+    # A block ending at frame e reads to half a window past its last hop's centre: sample 640 e + 40.
+    last_end = (first_sample + len(samples) - (HALF_WIN - HOP)) // (HOP * HOPS_PER_FRAME)
     ends = np.minimum((frames // block + 1) * block, last_end)
     out = np.zeros((n_frames, SPEECH_DIM), np.float32)
     unique = sorted(set(ends.tolist()))

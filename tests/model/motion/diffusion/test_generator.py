@@ -273,3 +273,34 @@ def test_a_block_starts_from_the_pose_the_window_before_foresaw() -> None:
     np.testing.assert_allclose(out[:, N_POSE:], 1.0)  # expression and mouth are the new block's
     short = crossfade_pose(block, ahead[:1])  # a window that foresaw only one frame of the block
     np.testing.assert_allclose(short[:, 0], [1 / 3, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("fps", [25.0, 29.97, 12.0])
+def test_a_model_that_hears_speech_runs_at_any_frame_rate(fps: float, tmp_path: Path) -> None:
+    """Windows at other frame rates end inside the speech encoder's blocks: the generator still runs and
+    gives the same motion however the audio arrives."""
+    from dataclasses import replace
+
+    import torch
+
+    from emote.model.motion.diffusion.denoiser import MotionDenoiser
+    from emote.model.motion.diffusion.features import frame_dim
+    from tests.model.motion.diffusion._tiny import TINY, tiny_model
+
+    pytest.importorskip("ctranslate2")
+    base = tiny_model()
+    model = MotionDenoiser(replace(TINY, audio_dim=frame_dim("mel+formants+speech")))
+    model.load_state_dict({k: v for k, v in base.state_dict().items() if not k.startswith(("audio_in", "audio_"))},
+                          strict=False)
+    with torch.no_grad():
+        model.mel.copy_(base.mel)
+        model.active.copy_(base.active)
+    model.save(tmp_path, {"features": "mel+formants+speech", "generator": {"emit_frames": 3, "lookahead_frames": 0}})
+    generator = DiffusionGenerator(tmp_path)
+    x = talk(3.0)
+    whole = run(generator, x, len(x), fps=fps)
+    assert len(whole) == round(3.0 * fps) and np.isfinite(whole.coeffs).all()
+    for chunk in (160, [1, 4000, 333]):
+        part = run(generator, x, chunk, fps=fps)
+        np.testing.assert_array_equal(part.coeffs, whole.coeffs)
+        np.testing.assert_array_equal(part.pose, whole.pose)

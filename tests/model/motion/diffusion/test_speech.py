@@ -10,7 +10,9 @@ from emote.model.motion.diffusion.features import DITHER_TRACK
 from emote.model.motion.diffusion.speech import (
     CONTEXT_FRAMES,
     SPEECH_DIM,
+    block_mel,
     clip_speech,
+    encode,
     frames_speech,
     whisper_filters,
 )
@@ -49,6 +51,21 @@ def test_live_buffers_give_the_training_features(block: int) -> None:
         hi = end * FRAME + 200  # the blocks' audio and half an analysis window, nothing more
         got = frames_speech(x[lo:hi], lo, first, n, block, DITHER_TRACK, 1.0)
         np.testing.assert_allclose(got, whole[first : first + n], atol=1e-5)
+
+
+def test_a_buffer_that_ends_inside_a_block_encodes_what_it_holds() -> None:
+    """At other frame rates a window may end inside a block: its frames then come from an encoding of the
+    audio up to the last whole frame the buffer holds, never reading past it."""
+    x = speech_like(4.0)
+    whole = clip_speech(x, 100, 3, DITHER_TRACK, 1.0)
+    for tail in (40, 600):  # block 19 (frames 57-59) reads to sample 640 * 60 + 40: held
+        got = frames_speech(x[: 60 * FRAME + tail], 0, 55, 4, 3, DITHER_TRACK, 1.0)
+        np.testing.assert_allclose(got, whole[55:59], atol=1e-5)
+    got = frames_speech(x[: 60 * FRAME - 50], 0, 55, 4, 3, DITHER_TRACK, 1.0)  # block 19 is not
+    np.testing.assert_allclose(got[:2], whole[55:57], atol=1e-5)  # block 18: whole
+    held = encode(block_mel(x, 0, 59, DITHER_TRACK, 1.0)[None])[0]  # the audio up to frame 59
+    expected = held[-4:].reshape(2, 2, SPEECH_DIM).mean(axis=1)
+    np.testing.assert_allclose(got[2:], expected, atol=1e-5)
 
 
 def test_a_frame_hears_its_block_and_the_seconds_before_never_after() -> None:
