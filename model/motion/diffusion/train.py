@@ -68,7 +68,8 @@ class TrainConfig:
         validate_every: steps between validations.
         rollout_every: steps between free-running validations (:mod:`~.rollout`: held-out clips, as live).
         rollout_steps: DDIM steps of the teacher in those (the student always takes one).
-        features: the audio feature set (:data:`~.features.FEATURE_SETS`, ``+speech``: :mod:`~.speech`).
+        features: the audio feature set (:data:`~.features.FEATURE_SETS`; ``+speech``, :mod:`~.speech`: run 10's
+            free-running jawOpen r 0.283, run 7's without it 0.215).
         mouth_unknown: share of training windows whose carried mouth is replaced by noise.
         prior_frames: frames of audio the articulation prior reads (:mod:`~.prior`, e.g. 9; 0: none). Off:
             run 8 with it lost to run 7 in ``emote eval`` (lip sync 0.15 vs 0.24, identity 0.279 vs 0.206).
@@ -104,7 +105,7 @@ class TrainConfig:
     validate_every: int = 500
     rollout_every: int = 2000
     rollout_steps: int = 4
-    features: str = "mel+formants"
+    features: str = "mel+formants+speech"
     mouth_unknown: float = 0.5
     motion_noise: float = 1.25
     prior_frames: int = 0
@@ -355,8 +356,7 @@ def train(dataset_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None 
         return (window_loss(_forward(student, b["noise"], t, b), b, net.carried, cfg.acceleration),)
 
     student, student_curve = _fit(student, cfg.student_steps, replace(cfg, lr=cfg.lr * 0.3), student_batch,
-                                       lambda m, free: check(m, free, one_step=True), say, "student",
-                                       cfg.validate_every)
+                                  lambda m, free: check(m, free, one_step=True), say, "student", cfg.validate_every)
     student.save(out / "student", {**extra, "sampling": {"steps": 1, "guidance": 1.0, "mouth_noise": 0.0,
                                                          "motion_noise": cfg.motion_noise,
                                                          "distilled_guidance": cfg.guidance}})
