@@ -38,6 +38,8 @@ MAX_SECONDS = 20.0
 MEASURE_SIDE = 640
 #: Frames shown on the contact sheet of a video's worst mouths.
 WORST_FRAMES = 6
+#: Videos named under the summary as the worst mouths.
+WORST_VIDEOS = 5
 LIPS = np.unique(np.concatenate([OUTER_LIPS, INNER_LIPS]))
 EYES = np.concatenate([RIGHT_EYE, LEFT_EYE])
 ProgressFn = Callable[[str], None]
@@ -206,8 +208,12 @@ def summary_markdown(reports: list[ReenactReport]) -> str:
             values = np.array([r.metrics.get(key, np.nan) for r in ok], np.float64)
             pick = np.nanmin(values) if worst == "min" else np.nanmax(values)
             cells.append(f"{np.nanmean(values):.3g} ({pick:.3g})")
+        worst = sorted(ok, key=lambda r: r.metrics.get("mouth_ssim", np.inf))[:WORST_VIDEOS]
         lines += ["| " + " | ".join(cells) + " |", "", "Each cell: mean over videos (worst video in brackets); "
-                  "landmark errors in eye-corner distances."]
+                  "landmark errors in eye-corner distances; ms/frame: the renderer drawing each video's full picture "
+                  "(its cost target is `make bench`'s, at 512x512).",
+                  "", "Worst mouths: " + ", ".join(f"`{Path(r.video).name}` (SSIM {r.metrics['mouth_ssim']:.3f})"
+                                                   for r in worst) + "."]
     skipped = [r for r in reports if r.error is not None]
     if skipped:
         lines += ["", "Skipped:"] + [f"- `{Path(r.video).name}`: {r.error}" for r in skipped]
