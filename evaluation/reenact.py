@@ -208,12 +208,12 @@ def summary_markdown(reports: list[ReenactReport]) -> str:
             values = np.array([r.metrics.get(key, np.nan) for r in ok], np.float64)
             pick = np.nanmin(values) if worst == "min" else np.nanmax(values)
             cells.append(f"{np.nanmean(values):.3g} ({pick:.3g})")
-        worst = sorted(ok, key=lambda r: r.metrics.get("mouth_ssim", np.inf))[:WORST_VIDEOS]
+        mouths = sorted(ok, key=lambda r: r.metrics.get("mouth_ssim", np.inf))[:WORST_VIDEOS]
         lines += ["| " + " | ".join(cells) + " |", "", "Each cell: mean over videos (worst video in brackets); "
                   "landmark errors in eye-corner distances; ms/frame: the renderer drawing each video's full picture "
                   "(its cost target is `make bench`'s, at 512x512).",
                   "", "Worst mouths: " + ", ".join(f"`{Path(r.video).name}` (SSIM {r.metrics['mouth_ssim']:.3f})"
-                                                   for r in worst) + "."]
+                                                   for r in mouths) + "."]
     skipped = [r for r in reports if r.error is not None]
     if skipped:
         lines += ["", "Skipped:"] + [f"- `{Path(r.video).name}`: {r.error}" for r in skipped]

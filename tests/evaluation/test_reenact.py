@@ -83,6 +83,7 @@ def test_the_renderer_reenacts_its_own_video(talking: Path, tmp_path: Path) -> N
     assert emote_main(["eval", "--renderer", str(talking), str(broken), "--out", str(out)]) == 0
     summary = (out / "summary.md").read_text()
     assert "Videos re-enacted: 1 of 2" in summary and "`broken.mp4`" in summary
+    assert "Worst mouths: `talking.mp4` (SSIM 0." in summary
     report = json.loads((out / "talking" / "metrics.json").read_text())
     m = report["metrics"]
     assert m["frames"] > 50
