@@ -6,7 +6,9 @@ state), then the block, then a provisional future it throws away. Audio features
 ``lookahead_frames`` (0) frames beyond the block and the learned null audio after that, or, as the
 shipped config asks, the last heard frame sustained when it is quiet; noise is seeded by (seed, block number), so the
 motion depends only on the audio and the seed, never on how it arrived. One denoiser call per block
-(the student was distilled to one step with guidance folded in). Digital silence is heard as a quiet
+(the student was distilled to one step with guidance folded in). A model whose feature set ends in
+``+speech`` also runs Whisper's encoder once per block over the 2 s of audio that end with it
+(:mod:`~.speech`), so its windows carry that much audio as context. Digital silence is heard as a quiet
 room (comfort noise), and :mod:`~.blocks` decides what is shown: the mouth at rest in silence, and each
 block's head starting from what the window before foresaw for it.
 
