@@ -90,6 +90,14 @@ def mouth_dims(active: np.ndarray | list[int]) -> list[int]:
     return [6 + i for i, c in enumerate(active) if ARKIT_NAMES[int(c)].startswith(articulating)]
 
 
+def blink_dims(active: np.ndarray | list[int]) -> list[int]:
+    """Motion dimensions of the two eyeBlink coefficients (sampled at their own temperature: see
+    ``TrainConfig.blink_noise``)."""
+    from emote.model.motion.interface import ARKIT_NAMES
+
+    return [6 + i for i, c in enumerate(active) if ARKIT_NAMES[int(c)].startswith("eyeBlink")]
+
+
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     """(B,) diffusion steps -> (B, dim) sinusoidal embedding."""
     half = dim // 2

@@ -41,7 +41,7 @@ from emote.model.motion.diffusion.blocks import (
     crossfade_pose,
     sustain_quiet,
 )
-from emote.model.motion.diffusion.denoiser import mouth_dims
+from emote.model.motion.diffusion.denoiser import blink_dims, mouth_dims
 from emote.model.motion.diffusion.features import (
     COMFORT_NOISE_RMS,
     DITHER_RMS,
@@ -173,6 +173,8 @@ class DiffusionGenerator:
         self._noise_scale = np.full(self._mean.shape[0], float(sampling.get("motion_noise", 1.0)), np.float32)
         self._mouth = mouth_dims(self.model.active.tolist())
         self._noise_scale[self._mouth] = float(sampling.get("mouth_noise", 1.0))
+        if "blink_noise" in sampling:  # the lids at their own temperature (TrainConfig.blink_noise)
+            self._noise_scale[blink_dims(self.model.active.tolist())] = float(sampling["blink_noise"])
         self._audio_mean, self._audio_std = m.audio_mean.numpy(), m.audio_std.numpy()
         self._mel = m.mel.numpy()
         self._silence = clip_features(np.zeros(_FRAME_SAMPLES, np.float32), 1, self._mel, self.feature_set,

@@ -21,7 +21,7 @@ from emote.model.motion.diffusion.blocks import (
     sustain_audio,
     sustain_quiet,
 )
-from emote.model.motion.diffusion.denoiser import MotionDenoiser
+from emote.model.motion.diffusion.denoiser import MotionDenoiser, blink_dims
 from emote.model.motion.diffusion.windows import Copy, WindowSampler
 from emote.model.motion.interface import COEFF_INDEX, N_POSE
 
@@ -31,13 +31,14 @@ T_MAX = 999
 @torch.no_grad()
 def rollout(model: MotionDenoiser, sampler: WindowSampler, copies: list[Copy], *, emit: int, lookahead: int,
             steps: int = 1, guidance: float = 1.0, seed: int = 0, temperature: float = 1.0,
-            sustain: bool = False, feature_set: str | None = None, crossfade: bool = False) -> list[np.ndarray]:
+            sustain: bool = False, feature_set: str | None = None, crossfade: bool = False,
+            blink_temperature: float | None = None) -> list[np.ndarray]:
     """Generated normalised motion (T, D) of each clip, from its audio alone (the first frame as portrait).
 
     The generator's block rules (:mod:`~.blocks`): ``sustain``, the audio beyond the lookahead is heard as
     the last frame's, sustained (where that frame is quiet, given ``feature_set``); ``feature_set`` given,
     the shown articulation relaxes in silence; ``crossfade``, blocks start from the pose the window before
-    foresaw.
+    foresaw. ``blink_temperature``: the eyeBlink dimensions' noise scale, where it differs from ``temperature``.
     """
     from emote.model.motion.diffusion.generator import ddim_sample
 
@@ -46,6 +47,7 @@ def rollout(model: MotionDenoiser, sampler: WindowSampler, copies: list[Copy], *
     k, s_len, d = cfg.carried, cfg.frames, cfg.motion_dim
     lengths = [len(c.motion) for c in copies]
     mouth = list(sampler.mouth_dims)
+    blinks = blink_dims(sampler.active.tolist())
     rests = [c.motion[int(c.rest_frames[0]), N_POSE:] for c in copies]
     start = np.stack([sampler.delta(np.r_[np.zeros(N_POSE), r], r) for r in rests]).astype(np.float32)
     history = [np.repeat(s[None], k, axis=0) for s in start]
@@ -80,6 +82,8 @@ def rollout(model: MotionDenoiser, sampler: WindowSampler, copies: list[Copy], *
                    torch.from_numpy(np.stack([rests[i] for i in live]).astype(np.float32))]
         x = torch.randn(b, s_len, d, generator=gen) * temperature
         x[..., mouth] = 0.0  # the articulation's sampling path starts at the centre (as the generator's)
+        if blink_temperature is not None and temperature > 0:
+            x[..., blinks] *= blink_temperature / temperature
         x0 = ddim_sample(model, x, tuple(tensors), steps=steps, guidance=guidance)
         block, future = x0[:, k : k + emit].numpy(), x0[:, k + emit : k + 2 * emit].numpy()
         for row, i in enumerate(live):
@@ -133,7 +137,8 @@ def rollout_metrics(sampler: WindowSampler, copies: list[Copy], generated: list[
 
 
 def evaluate_folder(dataset: str, folder: str, *, side: str = "validation", steps: int | None = None,
-                    guidance: float | None = None, seed: int = 0, temperature: float | None = None) -> dict[str, float]:
+                    guidance: float | None = None, seed: int = 0, temperature: float | None = None,
+                    blink_temperature: float | None = None) -> dict[str, float]:
     """:func:`rollout_metrics` of a saved model (``emote train``'s teacher/ or student/) on one side of a dataset."""
     from emote.model.motion.diffusion.dataset import dataset_clips
     from emote.model.motion.diffusion.features import clip_features
@@ -156,5 +161,7 @@ def evaluate_folder(dataset: str, folder: str, *, side: str = "validation", step
                         crossfade=bool(generator.get("crossfade_pose", False)),
                         steps=steps or int(sampling.get("steps", 1)),
                         guidance=guidance if guidance is not None else float(sampling.get("guidance", 1.0)), seed=seed,
-                        temperature=float(sampling.get("motion_noise", 1.0)) if temperature is None else temperature)
+                        temperature=float(sampling.get("motion_noise", 1.0)) if temperature is None else temperature,
+                        blink_temperature=blink_temperature if blink_temperature is not None else (
+                            float(sampling["blink_noise"]) if "blink_noise" in sampling else None))
     return rollout_metrics(sampler, copies, generated)

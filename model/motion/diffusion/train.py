@@ -61,24 +61,23 @@ class TrainConfig:
         guidance: classifier-free guidance scale of the teacher (folded into the student).
         sample_steps: DDIM steps of the teacher's samples.
         emit_frames: frames a live call emits per window (the generator's window).
-        lookahead_frames: frames of audio beyond them each window hears. Only validation and the config
-            use the two (training draws the boundary anywhere); 3 + 0 hears what 2 + 1 did (BENCHMARKS.md).
+        lookahead_frames: frames of audio beyond them each window hears (validation and config only).
         sustain_audio, crossfade_pose: the generator's rules of :mod:`~.blocks` (written into its config).
         audio_copies: audio copies per clip (copy 0 unaugmented).
         validate_every: steps between validations.
         rollout_every: steps between free-running validations (:mod:`~.rollout`: held-out clips, as live).
         rollout_steps: DDIM steps of the teacher in those (the student always takes one).
-        features: the audio feature set (:data:`~.features.FEATURE_SETS`; ``+speech``, :mod:`~.speech`: run 10's
-            free-running jawOpen r 0.283, run 7's without it 0.215).
+        features: the audio feature set (:data:`~.features.FEATURE_SETS`; ``+speech``: :mod:`~.speech`, run 10).
         mouth_unknown: share of training windows whose carried mouth is replaced by noise.
-        prior_frames: frames of audio the articulation prior reads (:mod:`~.prior`, e.g. 9; 0: none). Off:
-            run 8 with it lost to run 7 in ``emote eval`` (lip sync 0.15 vs 0.24, identity 0.279 vs 0.206).
+        prior_frames: frames of audio the articulation prior reads (:mod:`~.prior`, e.g. 9; 0: none; run 8 lost).
         prior_l2: the prior's ridge penalty per training frame.
         pose_smooth: sigma (frames) of a Gaussian smoothing of the measured head pose (runs 8 and 9: 1.5).
         acceleration: weight of a second-difference loss term. Off: run 9 (1.0) jittered more, jawOpen r 0.105.
         motion_noise: scale of the sampling noise of everything but the articulation (head, eyes, brows),
             written into the models' configs: 1.25, chosen on the training people's free-running rollouts
             (blinks 18.1/min against their real 20.0, 9.2 at 1.0; yaw spread x1.12 of theirs, 0.90 at 1.0).
+        blink_noise: the same for the two eyeBlink coefficients, also chosen on the training people's rollouts
+            (BENCHMARKS.md, run 10): at 1.25 the blinks are too shallow to render shut.
 
     The articulation (jaw and mouth coefficients) is sampled from the centre of the noise (its noise is
     0, the rest of the motion's is random): a sample's own random variation of the mouth only adds
@@ -108,6 +107,7 @@ class TrainConfig:
     features: str = "mel+formants+speech"
     mouth_unknown: float = 0.5
     motion_noise: float = 1.25
+    blink_noise: float = 1.6
     prior_frames: int = 0
     prior_l2: float = PRIOR_L2
     pose_smooth: float = 0.0
@@ -324,7 +324,8 @@ def train(dataset_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None 
             generated = rollout(m, val_sampler, val_clips_copies, emit=cfg.emit_frames, lookahead=cfg.lookahead_frames,
                                 steps=1 if one_step else cfg.rollout_steps, guidance=1.0 if one_step else cfg.guidance,
                                 seed=cfg.seed, temperature=cfg.motion_noise, sustain=cfg.sustain_audio,
-                                feature_set=cfg.features, crossfade=cfg.crossfade_pose)
+                                feature_set=cfg.features, crossfade=cfg.crossfade_pose,
+                                blink_temperature=cfg.blink_noise)
             metrics |= rollout_metrics(val_sampler, val_clips_copies, generated)
         return metrics
 
@@ -333,8 +334,8 @@ def train(dataset_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None 
     extra = {"train": asdict(cfg), "features": cfg.features,
              "generator": {"emit_frames": cfg.emit_frames, "lookahead_frames": cfg.lookahead_frames,
                            "sustain_audio": cfg.sustain_audio, "crossfade_pose": cfg.crossfade_pose}}
-    teacher.save(out / "teacher", {**extra, "sampling": {"steps": cfg.sample_steps, "guidance": cfg.guidance,
-                                                          "mouth_noise": 0.0, "motion_noise": cfg.motion_noise}})
+    temps = {"mouth_noise": 0.0, "motion_noise": cfg.motion_noise, "blink_noise": cfg.blink_noise}
+    teacher.save(out / "teacher", {**extra, "sampling": {"steps": cfg.sample_steps, "guidance": cfg.guidance, **temps}})
     say(f"teacher samples for distillation: {cfg.pairs} windows x {cfg.sample_steps} steps")
     t0 = time.perf_counter()
     pairs = []
@@ -357,8 +358,7 @@ def train(dataset_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None 
 
     student, student_curve = _fit(student, cfg.student_steps, replace(cfg, lr=cfg.lr * 0.3), student_batch,
                                   lambda m, free: check(m, free, one_step=True), say, "student", cfg.validate_every)
-    student.save(out / "student", {**extra, "sampling": {"steps": 1, "guidance": 1.0, "mouth_noise": 0.0,
-                                                         "motion_noise": cfg.motion_noise,
+    student.save(out / "student", {**extra, "sampling": {"steps": 1, "guidance": 1.0, **temps,
                                                          "distilled_guidance": cfg.guidance}})
     metrics = {"config": asdict(cfg), "denoiser": asdict(net), "teacher": teacher_curve, "student": student_curve,
                "train_minutes": sum(map(len, train_clips)) / 25 / 60,

@@ -147,6 +147,17 @@ def test_the_written_out_ddim_sampler_is_diffusers_sampler(tmp_path: Path) -> No
     load_model.cache_clear()
     warmer = DiffusionGenerator(tmp_path)._noise(seed=3, block_start=8)
     assert np.allclose(warmer[:, :6], 1.25 * centred[:, :6]) and (warmer[:, mouth] == 0).all()
+    # The lids at their own temperature when the config names one; everything else as before.
+    from emote.model.motion.diffusion.denoiser import blink_dims
+
+    model.save(tmp_path, {"generator": {"emit_frames": 2, "lookahead_frames": 1},
+                          "sampling": {"steps": 1, "mouth_noise": 0.0, "motion_noise": 1.25, "blink_noise": 1.6}})
+    load_model.cache_clear()
+    lids = DiffusionGenerator(tmp_path)._noise(seed=3, block_start=8)
+    blinks = blink_dims(model.active.tolist())
+    others = [d for d in range(lids.shape[1]) if d not in blinks]
+    assert len(blinks) == 2 and np.allclose(lids[:, blinks], 1.6 * centred[:, blinks])
+    np.testing.assert_array_equal(lids[:, others], warmer[:, others])
 
 
 @pytest.mark.parametrize("feature_set", ["mel", "mel+formants", "mel+prior", "mel+formants+speech"])

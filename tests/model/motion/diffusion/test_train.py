@@ -151,6 +151,8 @@ def test_a_whole_tiny_run_writes_models_the_generator_loads(dataset, features: s
     assert (generator.window_frames, generator.lookahead) == (cfg.emit_frames, cfg.lookahead_frames) == (3, 0)
     assert generator.model.cfg.width == 32 and generator.feature_set == features
     assert generator.model.cfg.audio_dim == frame_dim(features)
+    written = json.loads((tmp_path / "run" / "student" / "config.json").read_text())["sampling"]
+    assert (written["motion_noise"], written["blink_noise"]) == (cfg.motion_noise, cfg.blink_noise) == (1.25, 1.6)
 
 
 def test_rollout_counts_closed_lids_not_dips(sampler: WindowSampler) -> None:
