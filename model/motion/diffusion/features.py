@@ -52,22 +52,35 @@ FRAME_DIM = HOPS_PER_FRAME * HOP_DIM
 PRIOR_DIM = N_CHANNELS + 4
 FEATURE_SETS = {"mel": HOP_DIM, "mel+formants": HOP_DIM + FORMANT_DIM, "mel+prior": HOP_DIM + PRIOR_DIM}
 #: A set named ``<set>+speech`` is ``<set>`` with Whisper's encoder output appended to every frame
-#: (:mod:`~.speech`: :data:`~.speech.SPEECH_DIM` numbers, computed per block of the generator's schedule).
-SPEECH_SUFFIX = "+speech"
+#: (:mod:`~.speech`: :data:`~.speech.SPEECH_DIM` numbers, computed per block of the generator's schedule from
+#: the 2 s of audio that end with the block); ``<set>+speech1s`` the same from 1 s. The suffix names the
+#: context in 25 fps frames here: a model hears its speech features only with the context it was trained on.
+SPEECH_SUFFIXES = {"+speech": 50, "+speech1s": 25}
+
+
+def _speech_suffix(feature_set: str) -> str:
+    return next((s for s in SPEECH_SUFFIXES if feature_set.endswith(s)), "")
 
 
 def spectral_set(feature_set: str) -> str:
     """The per-hop part of a feature set (``mel+formants+speech`` -> ``mel+formants``)."""
-    base = feature_set[: -len(SPEECH_SUFFIX)] if feature_set.endswith(SPEECH_SUFFIX) else feature_set
+    suffix = _speech_suffix(feature_set)
+    base = feature_set[: len(feature_set) - len(suffix)]
     if base not in FEATURE_SETS:
-        raise ValueError(f"unknown audio feature set {feature_set!r}; one of "
-                         f"{', '.join(sorted(FEATURE_SETS) + [s + SPEECH_SUFFIX for s in sorted(FEATURE_SETS)])}")
+        names = sorted(FEATURE_SETS) + [b + s for s in SPEECH_SUFFIXES for b in sorted(FEATURE_SETS)]
+        raise ValueError(f"unknown audio feature set {feature_set!r}; one of {', '.join(names)}")
     return base
 
 
 def has_speech(feature_set: str) -> bool:
     """Whether a feature set carries Whisper's encoder output (:mod:`~.speech`)."""
     return spectral_set(feature_set) != feature_set
+
+
+def speech_context(feature_set: str) -> int:
+    """25 fps frames of audio one encoding of a ``+speech`` set reads (0 for a set without speech)."""
+    spectral_set(feature_set)  # a clear error for an unknown set
+    return SPEECH_SUFFIXES.get(_speech_suffix(feature_set), 0)
 
 
 def frame_dim(feature_set: str) -> int:
@@ -215,5 +228,6 @@ def clip_features(audio: np.ndarray, n_frames: int, mel: np.ndarray, feature_set
     if has_speech(feature_set):
         from emote.model.motion.diffusion.speech import clip_speech
 
-        parts.append(clip_speech(x, n_frames, block, DITHER_TRACK, floor_rms / DITHER_RMS))
+        parts.append(clip_speech(x, n_frames, block, DITHER_TRACK, floor_rms / DITHER_RMS,
+                                 context=speech_context(feature_set)))
     return np.concatenate(parts, axis=1)

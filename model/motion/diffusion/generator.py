@@ -7,8 +7,8 @@ state), then the block, then a provisional future it throws away. Audio features
 shipped config asks, the last heard frame sustained when it is quiet; noise is seeded by (seed, block number), so the
 motion depends only on the audio and the seed, never on how it arrived. One denoiser call per block
 (the student was distilled to one step with guidance folded in). A model whose feature set ends in
-``+speech`` also runs Whisper's encoder once per block over the 2 s of audio that end with it
-(:mod:`~.speech`), so its windows carry that much audio as context. Digital silence is heard as a quiet
+``+speech`` (``+speech1s``) also runs Whisper's encoder once per block over the 2 s (1 s) of audio that end
+with it (:mod:`~.speech`), so its windows carry that much audio as context. Digital silence is heard as a quiet
 room (comfort noise), and :mod:`~.blocks` decides what is shown: the mouth at rest in silence, and each
 block's head starting from what the window before foresaw for it.
 
@@ -55,6 +55,7 @@ from emote.model.motion.diffusion.features import (
     has_speech,
     prior_features,
     spectral_set,
+    speech_context,
 )
 from emote.model.motion.interface import N_COEFFS, N_POSE, AudioWindow, MotionChunk
 
@@ -159,10 +160,9 @@ class DiffusionGenerator:
         # Audio of the carried frames before the window, of the lookahead after it, and the analysis margins.
         self.context_ms = 1000.0 * (cfg.carried * _FRAME_SAMPLES + MARGIN_SAMPLES) / SAMPLE_RATE
         self._speech = has_speech(self.feature_set)
-        if self._speech:  # a block's speech features encode the seconds before it (speech.CONTEXT_FRAMES)
-            from emote.model.motion.diffusion.speech import CONTEXT_FRAMES
-
-            self.context_ms = max(self.context_ms, 1000.0 * (CONTEXT_FRAMES * _FRAME_SAMPLES + MARGIN_SAMPLES)
+        self._speech_context = speech_context(self.feature_set)
+        if self._speech:  # a block's speech features encode the seconds before it (features.speech_context)
+            self.context_ms = max(self.context_ms, 1000.0 * (self._speech_context * _FRAME_SAMPLES + MARGIN_SAMPLES)
                                   / SAMPLE_RATE)
         self.lookahead_ms = 1000.0 * (self.lookahead * _FRAME_SAMPLES + MARGIN_SAMPLES) / SAMPLE_RATE
         m = self.model
@@ -306,7 +306,7 @@ class DiffusionGenerator:
             from emote.model.motion.diffusion.speech import frames_speech
 
             speech = frames_speech(window.samples, window.first_sample, a, b - a, self.emit, DITHER_TRACK,
-                                   COMFORT_NOISE_RMS / DITHER_RMS)
+                                   COMFORT_NOISE_RMS / DITHER_RMS, self._speech_context)
             feats = np.concatenate([feats, speech], axis=1)
         out[frames >= 0] = feats
         return out, mouth

@@ -13,7 +13,8 @@ input is Whisper's log-mel (80 bands, 25 ms windows every 10 ms) on this project
 with a fixed floor instead of Whisper's "loudest point - 80 dB" (a live stream does not know its
 loudest point). The encoder attends over its whole input, so a frame's numbers depend on the audio
 around it: they are defined per block of the generator's schedule. The features of frames ``b .. b +
-n - 1`` come from one encoding of the :data:`CONTEXT_FRAMES` frames of audio ending with the block
+n - 1`` come from one encoding of the ``context`` frames of audio ending with the block (the feature set's,
+:func:`~.features.speech_context`)
 (:func:`frames_speech`); training computes every clip's features block by block from its start
 (:func:`clip_speech`), exactly as a live call does from the stream start.
 """
@@ -30,8 +31,10 @@ from emote.model.errors import DependencyError
 from emote.model.motion.baseline.audio_features import HALF_WIN, HOP, WIN, hop_frames
 
 SPEECH_DIM = 384
-#: Audio one encoding reads: 2 s ending with the block (a first probe on 16 clips, a frame of lookahead: held-out
-#: jaw r 0.43 at 2 s, 0.36 at 1 s; the encoder's cost grows with it: 9.3 ms per block at 2 s, 4.9 at 1 s).
+#: Audio one encoding reads by default: 2 s ending with the block (run 10's ``+speech`` set). A first probe on 16
+#: clips with a frame of lookahead favoured it (held-out jaw r 0.43 at 2 s, 0.36 at 1 s), but a model trained with
+#: 1 s (``+speech1s``, run 11) followed held-out jaws better when running free, at half the encoder's cost (9.3 ms
+#: per block at 2 s, 4.9 at 1 s): BENCHMARKS.md.
 CONTEXT_FRAMES = 50
 HOPS_PER_FRAME = 4
 N_BANDS = 80
@@ -113,14 +116,14 @@ def _hop_noise(first_hop: int, n_hops: int, dither: np.ndarray, scale: float) ->
     return dither[at % len(dither)] * np.float32(scale)
 
 
-def block_mel(samples: np.ndarray, first_sample: int, end_frame: int, dither: np.ndarray, scale: float
-              ) -> np.ndarray:
-    """(80, 4 * CONTEXT_FRAMES) log-mel of the :data:`CONTEXT_FRAMES` frames before 25 fps frame ``end_frame``.
+def block_mel(samples: np.ndarray, first_sample: int, end_frame: int, dither: np.ndarray, scale: float,
+              context: int = CONTEXT_FRAMES) -> np.ndarray:
+    """(80, 4 * context) log-mel of the ``context`` frames before 25 fps frame ``end_frame``.
 
     The buffer must hold their audio plus half a window after; samples before the stream start are zeros.
     """
-    first_hop = HOPS_PER_FRAME * (end_frame - CONTEXT_FRAMES)
-    n = HOPS_PER_FRAME * CONTEXT_FRAMES
+    first_hop = HOPS_PER_FRAME * (end_frame - context)
+    n = HOPS_PER_FRAME * context
     lo = first_hop * HOP - HALF_WIN
     if lo < first_sample:  # the stream starts inside the context: silence before it
         pad = first_sample - lo
@@ -130,7 +133,7 @@ def block_mel(samples: np.ndarray, first_sample: int, end_frame: int, dither: np
 
 
 def clip_speech(audio: np.ndarray, n_frames: int, emit: int, dither: np.ndarray, scale: float,
-                batch: int = 32) -> np.ndarray:
+                batch: int = 32, context: int = CONTEXT_FRAMES) -> np.ndarray:
     """(n_frames, SPEECH_DIM) features of a whole clip (frame 0 at sample 0), block by block of ``emit``
     frames from its start, exactly as the generator computes them live (training)."""
     x = np.concatenate([audio.astype(np.float32), np.zeros(HOP * HOPS_PER_FRAME * (emit + 1) + HALF_WIN,
@@ -139,19 +142,19 @@ def clip_speech(audio: np.ndarray, n_frames: int, emit: int, dither: np.ndarray,
     out = np.zeros((len(ends) * emit, SPEECH_DIM), np.float32)
     for i in range(0, len(ends), batch):
         group = ends[i : i + batch]
-        mels = np.stack([block_mel(x, 0, end, dither, scale) for end in group])
+        mels = np.stack([block_mel(x, 0, end, dither, scale, context) for end in group])
         enc = encode(mels)[:, -2 * emit :].reshape(len(group), emit, 2, SPEECH_DIM).mean(axis=2)
         out[i * emit : (i + len(group)) * emit] = enc.reshape(-1, SPEECH_DIM)
     return out[:n_frames]
 
 
 def frames_speech(samples: np.ndarray, first_sample: int, first_frame: int, n_frames: int, block: int,
-                  dither: np.ndarray, scale: float) -> np.ndarray:
+                  dither: np.ndarray, scale: float, context: int = CONTEXT_FRAMES) -> np.ndarray:
     """(n_frames, SPEECH_DIM) features of 25 fps frames ``first_frame ..`` (>= 0) from a buffer (the generator).
 
     Each frame's numbers come from the encoding of its block (blocks of ``block`` frames from the stream
     start), or, where the buffer ends before its block does (a window at another frame rate), of the audio
-    up to the buffer's end. The buffer must hold :data:`CONTEXT_FRAMES` frames of audio before the first
+    up to the buffer's end. The buffer must hold ``context`` frames of audio before the first
     block (or the stream start) and every frame's audio plus half a window.
     """
     if n_frames <= 0:
@@ -162,9 +165,9 @@ def frames_speech(samples: np.ndarray, first_sample: int, first_frame: int, n_fr
     ends = np.minimum((frames // block + 1) * block, last_end)
     out = np.zeros((n_frames, SPEECH_DIM), np.float32)
     unique = sorted(set(ends.tolist()))
-    enc = encode(np.stack([block_mel(samples, first_sample, int(e), dither, scale) for e in unique]))
+    enc = encode(np.stack([block_mel(samples, first_sample, int(e), dither, scale, context) for e in unique]))
     for j, end in enumerate(unique):
         rows = np.flatnonzero(ends == end)
-        at = 2 * (frames[rows] - (end - CONTEXT_FRAMES))
+        at = 2 * (frames[rows] - (end - context))
         out[rows] = 0.5 * (enc[j, at] + enc[j, at + 1])
     return out

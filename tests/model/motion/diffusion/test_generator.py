@@ -160,7 +160,8 @@ def test_the_written_out_ddim_sampler_is_diffusers_sampler(tmp_path: Path) -> No
     np.testing.assert_array_equal(lids[:, others], warmer[:, others])
 
 
-@pytest.mark.parametrize("feature_set", ["mel", "mel+formants", "mel+prior", "mel+formants+speech"])
+@pytest.mark.parametrize("feature_set", ["mel", "mel+formants", "mel+prior", "mel+formants+speech",
+                                         "mel+formants+speech1s"])
 def test_live_features_are_the_training_features(feature_set: str, tmp_path: Path) -> None:
     """What the generator hears frame by frame, streaming, is exactly what training computed on the whole clip
     (the articulation prior's filter and the speech encoder's blocks included), however the audio arrives."""

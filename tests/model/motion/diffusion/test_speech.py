@@ -85,3 +85,28 @@ def test_voice_and_silence_read_differently() -> None:
     f = clip_speech(x, 100, 3, DITHER_TRACK, 10 ** (-65 / 20) / 1e-4)
     talking, quiet = f[15:45], f[70:]
     assert np.linalg.norm(talking.mean(0) - quiet.mean(0)) > 5 * quiet.std(0).mean()
+
+
+def test_the_context_is_the_feature_sets_and_reads_no_further() -> None:
+    """``+speech`` hears the 2 s before a block's end, ``+speech1s`` the 1 s: audio changed between the two reaches
+    only the first; the live path (frames_speech) uses the same context as training (clip_speech)."""
+    from emote.model.motion.diffusion.features import frame_dim, speech_context
+
+    assert speech_context("mel+formants+speech") == CONTEXT_FRAMES == 50
+    assert speech_context("mel+formants+speech1s") == speech_context("mel+speech1s") == 25
+    assert speech_context("mel+formants") == 0
+    assert frame_dim("mel+formants+speech1s") == frame_dim("mel+formants+speech")
+    with pytest.raises(ValueError, match=r"mel\+formants\+speech1s"):
+        speech_context("mel+formants+speech3s")
+    x = speech_like(5.0)
+    y = x.copy()
+    y[40 * FRAME : 55 * FRAME] = speech_like(1.0, seed=2)[: 15 * FRAME]  # 1.2-0.6 s before block 29 (frames 87-89)
+    for context, changed in ((25, False), (50, True)):
+        a = clip_speech(x, 100, 3, DITHER_TRACK, 1.0, context=context)
+        b = clip_speech(y, 100, 3, DITHER_TRACK, 1.0, context=context)
+        assert bool(np.abs(a[87:90] - b[87:90]).mean() > 0.05) is changed
+        if not changed:
+            np.testing.assert_allclose(a[87:90], b[87:90], atol=1e-5)
+        lo = (87 - context) * FRAME - 400
+        got = frames_speech(y[lo : 90 * FRAME + 200], lo, 87, 3, 3, DITHER_TRACK, 1.0, context)
+        np.testing.assert_allclose(got, b[87:90], atol=1e-5)

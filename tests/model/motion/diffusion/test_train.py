@@ -126,7 +126,7 @@ def test_the_sampling_loop_is_seeded_and_guided(sampler: WindowSampler) -> None:
     assert not torch.equal(a, sample(model, b, noise + 0.1, steps=5, guidance=2.0))
 
 
-@pytest.mark.parametrize("features", ["mel+formants", "mel+formants+speech"])
+@pytest.mark.parametrize("features", ["mel+formants", "mel+formants+speech1s"])
 def test_a_whole_tiny_run_writes_models_the_generator_loads(dataset, features: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     folder, records, _ = dataset
     split = json.loads((folder / "split.json").read_text())
