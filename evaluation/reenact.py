@@ -22,6 +22,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -68,6 +69,7 @@ class ReenactReport:
     metrics: dict[str, float] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     per_frame: dict[str, list[float]] = field(default_factory=dict)  # every scored frame's metrics
+    half: dict[str, Any] = field(default_factory=dict)  # with reference mouths: both renders on the first half
 
 
 def reenactment_motion(tracks: FaceTracks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -121,14 +123,49 @@ def _landmark_errors(real: np.ndarray, rendered: np.ndarray, shifts: np.ndarray)
             "eyes_landmark_error": dist[:, EYES].mean(axis=1)}
 
 
-def reenact_video(video: Path, out_dir: Path, *, progress: ProgressFn | None = None) -> ReenactReport:
+_Scored = tuple[list[np.ndarray], np.ndarray, dict[str, np.ndarray], np.ndarray, float]
+
+
+def _render_scored(session: Any, pose: np.ndarray, coeffs: np.ndarray, real: list[np.ndarray], tracks: FaceTracks,
+                   seen: np.ndarray, size: tuple[int, int], upto: int) -> _Scored:
+    """Render frames ``0 .. upto - 1`` and score them: (rendered, used frames, per-frame metrics of those,
+    shifts (upto, 2), seconds spent rendering)."""
+    import time
+
+    rendered, spent = [], 0.0
+    for p, c in zip(pose[:upto], coeffs[:upto], strict=True):
+        t0 = time.perf_counter()
+        frame = session.render(p, c)
+        spent += time.perf_counter() - t0
+        rendered.append(cv2.resize(frame, size, interpolation=cv2.INTER_AREA))
+    again = measure_frames(rendered, tracks.fps)
+    used = np.flatnonzero(seen[:upto] & np.isfinite(again.landmarks[:, 0, 0]))
+    used = used[used > 0]  # frame 0 is the portrait itself
+    if not len(used):
+        raise InputError("no frame after the first with a face in both the real and the rendered video")
+    scores: dict[str, list[float]] = {}
+    shifts = np.zeros((upto, 2))
+    for i in used:
+        values, shifts[i] = compare_frames(real[i], rendered[i], tracks.landmarks[i])
+        for key, value in values.items():
+            scores.setdefault(key, []).append(value)
+    per_frame = {k: np.array(v) for k, v in scores.items()}
+    per_frame |= _landmark_errors(tracks.landmarks[used], again.landmarks[used], shifts[used])
+    return rendered, used, per_frame, shifts, spent
+
+
+def reenact_video(video: Path, out_dir: Path, *, reference: bool = False, progress: ProgressFn | None = None
+                  ) -> ReenactReport:
     """Re-enact one real video from its first frame and measure every frame (see the module docstring).
+
+    With ``reference``, also re-enact its first half with real mouth interiors taken from its second half
+    (:mod:`~emote.model.render.meshwarp.reference`) and score both renders on that first half
+    (``metrics["half_painted"]``, ``metrics["half_reference"]``).
 
     Raises:
         EmoteError: the video cannot be used (the caller records it and goes on).
     """
-    import time
-
+    from emote.model.render.meshwarp.reference import select_mouths
     from emote.model.render.registry import make_renderer, prepare_portrait
 
     say = progress or (lambda _msg: None)
@@ -156,35 +193,40 @@ def reenact_video(video: Path, out_dir: Path, *, progress: ProgressFn | None = N
     pose, coeffs, seen = reenactment_motion(tracks)
     renderer = make_renderer()
     session = renderer.session(prepare_portrait(portrait, full_frame=True, renderer=renderer))
-    say(f"{video.name}: rendering")
-    rendered, spent = [], 0.0
-    for p, c in zip(pose, coeffs, strict=True):
-        t0 = time.perf_counter()
-        frame = session.render(p, c)
-        spent += time.perf_counter() - t0
-        rendered.append(cv2.resize(frame, size, interpolation=cv2.INTER_AREA))
-    say(f"{video.name}: comparing")
-    again = measure_frames(rendered, fps)
-    used = np.flatnonzero(seen & np.isfinite(again.landmarks[:, 0, 0]))
-    used = used[used > 0]  # frame 0 is the portrait itself
-    if not len(used):
-        raise InputError(f"{video.name}: no frame after the first with a face in both the real and the rendered video")
-    scores: dict[str, list[float]] = {}
-    shifts = np.zeros((len(real), 2))
-    for i in used:
-        values, shifts[i] = compare_frames(real[i], rendered[i], tracks.landmarks[i])
-        for key, value in values.items():
-            scores.setdefault(key, []).append(value)
-    per_frame = {k: np.array(v) for k, v in scores.items()}
-    per_frame |= _landmark_errors(tracks.landmarks[used], again.landmarks[used], shifts[used])
+    say(f"{video.name}: rendering and comparing")
+    try:
+        rendered, used, per_frame, shifts, spent = _render_scored(session, pose, coeffs, real, tracks, seen, size,
+                                                                  len(real))
+    except InputError as exc:
+        raise InputError(f"{video.name}: {exc}") from None
     report = ReenactReport(video=str(video))
     report.metrics = {k: float(np.nanmean(v)) for k, v in per_frame.items()}
     report.metrics |= {"render_ms_per_frame": 1000.0 * spent / len(rendered), "frames": float(len(used))}
     report.per_frame = {"frame": used.tolist()} | {k: np.round(v, 4).tolist() for k, v in per_frame.items()}
+    columns, titles = [real, rendered], ["real", "rendered"]
+    if reference:
+        half = len(real) // 2
+        say(f"{video.name}: the first half again, with the mouths of the second half")
+        mouths = select_mouths(real[half:], tracks.landmarks[half:], f"{video.name} (second half)")
+        with_ref = make_renderer(reference=mouths)
+        ref_session = with_ref.session(prepare_portrait(portrait, full_frame=True, renderer=with_ref))
+        try:
+            ref_rendered, ref_used, ref_frame, _, _ = _render_scored(ref_session, pose, coeffs, real, tracks, seen,
+                                                                     size, half)
+        except InputError as exc:
+            raise InputError(f"{video.name}: first half: {exc}") from None
+        both = np.intersect1d(used, ref_used)  # the frames both renders are scored on
+        at = {k: np.searchsorted(u, both) for k, u in (("painted", used), ("reference", ref_used))}
+        report.half = {
+            "painted": {k: float(np.nanmean(v[at["painted"]])) for k, v in per_frame.items()},
+            "reference": {k: float(np.nanmean(v[at["reference"]])) for k, v in ref_frame.items()},
+            "frames": float(len(both)), "mouths": float(len(mouths.crops))}
+        columns.append(ref_rendered + rendered[half:])
+        titles.append("reference mouths (1st half)")
     diff = [np.clip(np.abs(r.astype(np.int16) - shift_image(g, *shifts[i]).astype(np.int16)) * 3, 0, 255)
             .astype(np.uint8) for i, (r, g) in enumerate(zip(real, rendered, strict=True))]
-    write_side_by_side(folder / "side_by_side.mp4", [real, rendered, diff], ["real", "rendered", "|difference| x3"],
-                       fps, video if _has_audio(video) else None)
+    write_side_by_side(folder / "side_by_side.mp4", columns + [diff], titles + ["|difference| x3"], fps,
+                       video if _has_audio(video) else None)
     worst = used[np.argsort(per_frame["mouth_ssim"])[:WORST_FRAMES]]
     rows = [side_by_side_frame([real[i], rendered[i], diff[i]],
                                [f"real #{i}", f"mouth SSIM {per_frame['mouth_ssim'][k]:.2f}", "x3"], 200)
@@ -214,15 +256,33 @@ def summary_markdown(reports: list[ReenactReport]) -> str:
                   "(its cost target is `make bench`'s, at 512x512).",
                   "", "Worst mouths: " + ", ".join(f"`{Path(r.video).name}` (SSIM {r.metrics['mouth_ssim']:.3f})"
                                                    for r in mouths) + "."]
+    halves = [r for r in ok if r.half]
+    if halves:
+        keys = [c for c in COLUMNS if c[0] != "render_ms_per_frame"]
+        lines += ["", f"With real mouth interiors ({len(halves)} videos): each video's first half re-enacted again "
+                  "with the open mouths of its second half as the reference clip (`emote render --reference`), both "
+                  "renders scored on the same frames of the first half; mean over videos (worst video in brackets).",
+                  "",
+                  "| mouths | " + " | ".join(header for _, header, _ in keys) + " |", "|---|" + "---|" * len(keys)]
+        for name, title in (("painted", "painted (today's default)"), ("reference", "from the reference clip")):
+            cells = []
+            for key, _, worst in keys:
+                values = np.array([r.half[name].get(key, np.nan) for r in halves], np.float64)
+                pick = np.nanmin(values) if worst == "min" else np.nanmax(values)
+                cells.append(f"{np.nanmean(values):.3g} ({pick:.3g})")
+            lines.append(f"| {title} | " + " | ".join(cells) + " |")
+        gain = [np.nanmean([r.half["reference"][key] - r.half["painted"][key] for r in halves]) for key, _, _ in keys]
+        lines.append("| difference | " + " | ".join(f"{g:+.3g}" for g in gain) + " |")
     skipped = [r for r in reports if r.error is not None]
     if skipped:
         lines += ["", "Skipped:"] + [f"- `{Path(r.video).name}`: {r.error}" for r in skipped]
     return "\n".join(lines) + "\n"
 
 
-def run_reenactment(inputs: list[str], out: str | Path, *, progress: ProgressFn | None = None
-                    ) -> tuple[list[ReenactReport], str]:
-    """Re-enact every video of ``inputs`` (files or folders); write ``summary.md`` into ``out``."""
+def run_reenactment(inputs: list[str], out: str | Path, *, reference: bool = False,
+                    progress: ProgressFn | None = None) -> tuple[list[ReenactReport], str]:
+    """Re-enact every video of ``inputs`` (files or folders); write ``summary.md`` into ``out``
+    (``reference``: as :func:`reenact_video`)."""
     from emote.evaluation.run import find_videos
 
     videos = find_videos(inputs)
@@ -233,7 +293,7 @@ def run_reenactment(inputs: list[str], out: str | Path, *, progress: ProgressFn 
     reports = []
     for video in videos:
         try:
-            reports.append(reenact_video(video, out_dir, progress=progress))
+            reports.append(reenact_video(video, out_dir, reference=reference, progress=progress))
         except EmoteError as exc:
             reports.append(ReenactReport(video=str(video), error=str(exc)))
             if progress:

@@ -83,6 +83,9 @@ def _add_render_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed of head motion, blinks and gaze")
     p.add_argument("--face", type=int, default=None, metavar="N",
                    help="which face to animate when there are several (0 = largest)")
+    p.add_argument("--reference", default=None, metavar="CLIP",
+                   help="a few seconds of video of the same person talking, face to the camera: its real open "
+                        "mouths (teeth, tongue, shadows) are drawn instead of painted ones")
     _add_motion_option(p)
 
 
@@ -107,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--renderer", action="store_true",
                     help="judge the renderer alone: re-enact each video's own measured motion from its first frame "
                          "and compare the frames (PSNR, SSIM, landmark error); no motion model takes part")
+    ev.add_argument("--reference", action="store_true",
+                    help="with --renderer: also re-enact each video's first half with the real mouth interiors of its "
+                         "second half (as `emote render --reference` does) and compare both on that half")
     data = sub.add_parser("dataset", help="measure real talking videos into a training set (motion + audio), "
                                           "split by person")
     data.add_argument("videos", nargs="+", metavar="VIDEO_OR_FOLDER", help="talking videos, or folders of them")
@@ -148,10 +154,13 @@ def _eval(args: argparse.Namespace) -> None:
         if args.portrait is not None:
             raise OptionError("--portrait with --renderer: a re-enactment's portrait is each video's first frame")
         out = args.out or "out/reenact"
-        _, summary = run_reenactment(args.videos, out, progress=lambda msg: print(msg, file=sys.stderr))
+        _, summary = run_reenactment(args.videos, out, reference=args.reference,
+                                     progress=lambda msg: print(msg, file=sys.stderr))
         print(summary)
         print(f"per-video metrics, side-by-side videos and the worst mouths are in {Path(out).resolve()}")
         return
+    if args.reference:
+        raise OptionError("--reference needs --renderer: it measures the renderer's mouths, not a motion model")
     from emote.evaluation.run import run_eval
 
     generators = [g.strip() for g in args.motion.split(",") if g.strip()]
@@ -226,7 +235,8 @@ def _render(portrait: str, audio: str, args: argparse.Namespace) -> None:
     progress = _Progress()
     try:
         stats = render_file(portrait, audio, args.output, fps=args.fps, size=args.size, full_frame=args.full_frame,
-                            seed=args.seed, face_index=args.face, motion=args.motion, progress=progress)
+                            seed=args.seed, face_index=args.face, motion=args.motion, reference=args.reference,
+                            progress=progress)
     finally:
         progress.close()
     speed = stats.duration_s / max(stats.wall_s, 1e-9)
@@ -244,7 +254,7 @@ def _demo(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="emote-demo-") as tmp:
         speech = str(Path(tmp) / "speech.wav")
         write_wav(speech, samples, rate)
-        args.fps, args.size, args.full_frame, args.seed, args.face = 25.0, 512, False, 0, None
+        args.fps, args.size, args.full_frame, args.seed, args.face, args.reference = 25.0, 512, False, 0, None, None
         args.motion = DEFAULT_GENERATOR
         _render(args.portrait or str(default_portrait_path()), speech, args)
     print(f"open {Path(args.output).resolve()} to watch the demo")

@@ -25,7 +25,7 @@ from emote.model.errors import DependencyError, OptionError
 from emote.model.media.audio_io import open_audio
 from emote.model.media.video_out import Mp4Writer
 from emote.model.motion.registry import DEFAULT_GENERATOR, generator_names, make_generator
-from emote.model.render.registry import make_renderer, prepare_portrait
+from emote.model.render.registry import load_reference, make_renderer, prepare_portrait
 from emote.streaming.animator import Animator
 
 #: Frames generated per call offline when the generator allows merging windows (fewer, longer calls).
@@ -103,6 +103,7 @@ def render_file(
     seed: int = 0,
     face_index: int | None = None,
     motion: str = DEFAULT_GENERATOR,
+    reference: str | Path | None = None,
     progress: ProgressFn | None = None,
 ) -> RenderStats:
     """Render ``portrait`` speaking ``audio`` into the MP4 file ``out``.
@@ -117,6 +118,8 @@ def render_file(
         seed: random seed of the head motion, blinks and gaze.
         face_index: which face when the picture has several (0 = largest).
         motion: name of the motion generator.
+        reference: a clip of the same person talking, whose real mouth interiors are drawn
+            (:func:`~emote.model.render.registry.load_reference`).
         progress: called with (seconds of audio done, total seconds or None).
 
     Raises:
@@ -127,7 +130,7 @@ def render_file(
     t0 = time.perf_counter()
     generator = make_generator(motion)
     source = open_audio(audio)
-    renderer = make_renderer()
+    renderer = make_renderer(reference=load_reference(reference) if reference is not None else None)
     prepared = prepare_portrait(portrait, size=size, full_frame=full_frame, face_index=face_index, renderer=renderer)
     t_analysis = time.perf_counter() - t0
     animator = Animator(generator, renderer.session(prepared), prepared.framed.rest, fps=fps, seed=seed,

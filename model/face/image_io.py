@@ -154,6 +154,12 @@ def portrait_from_array(
     return _finish(rgb, alpha, (w, h), name, max_side)
 
 
+def is_grayscale(image: np.ndarray) -> bool:
+    """True when an (H, W, 3) RGB picture has (practically) no colour: a black-and-white photo."""
+    sample = image[::4, ::4].astype(np.int16)
+    return bool(np.percentile(np.abs(sample - sample.mean(axis=2, keepdims=True)).max(axis=2), 99) <= 4)
+
+
 def _why(exc: Exception, data: bytes) -> str:
     if not isinstance(exc, UnidentifiedImageError):
         return str(exc)

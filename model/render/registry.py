@@ -15,25 +15,35 @@ from emote.model.errors import OptionError
 from emote.model.face.framing import frame_portrait
 from emote.model.face.portrait import analyze_portrait
 from emote.model.render.interface import PreparedPortrait, Renderer
+from emote.model.render.meshwarp.reference import ReferenceMouths, reference_mouths
 from emote.model.render.meshwarp.renderer import MeshWarpRenderer
 
 #: Name → factory. The first entry is the default.
-RENDERERS: dict[str, Callable[[], Renderer[Any]]] = {
+RENDERERS: dict[str, Callable[..., Renderer[Any]]] = {
     "meshwarp": MeshWarpRenderer,
 }
 DEFAULT_RENDERER = next(iter(RENDERERS))
 
 
-def make_renderer(name: str = DEFAULT_RENDERER) -> Renderer[Any]:
-    """A new renderer by name.
+def make_renderer(name: str = DEFAULT_RENDERER, *, reference: ReferenceMouths | None = None) -> Renderer[Any]:
+    """A new renderer by name; ``reference``: real mouth interiors of the portrait's person
+    (:func:`load_reference`), drawn instead of painted ones.
 
     Raises:
         OptionError: no renderer is registered under ``name``.
     """
-    try:
-        return RENDERERS[name]()
-    except KeyError:
-        raise OptionError(f"renderer {name!r}: unknown; choose one of {', '.join(RENDERERS)}") from None
+    if name not in RENDERERS:
+        raise OptionError(f"renderer {name!r}: unknown; choose one of {', '.join(RENDERERS)}")
+    return RENDERERS[name]() if reference is None else RENDERERS[name](reference=reference)
+
+
+def load_reference(clip: str | os.PathLike[str]) -> ReferenceMouths:
+    """The open mouths of a reference clip (a few seconds of the portrait's person talking, face to camera).
+
+    Raises:
+        InputError: the clip cannot be read, or shows too few open mouths (the message says what to give).
+    """
+    return reference_mouths(clip)
 
 
 def prepare_portrait(

@@ -116,3 +116,41 @@ def test_a_cut_ends_the_reenactment(talking: Path, tmp_path: Path) -> None:
     assert emote_main(["eval", "--renderer", str(cut), "--out", str(out)]) == 0
     report = json.loads((out / "cut" / "metrics.json").read_text())
     assert max(report["per_frame"]["frame"]) == 39 and report["metrics"]["frames"] >= 35
+
+
+def test_reference_mouths_are_scored_against_the_painted_ones(talking: Path, tmp_path: Path) -> None:
+    """`--reference`: the first half re-enacted again with the open mouths of the second half, both renders
+    scored on the same frames; the video our renderer made is matched about as well either way (its second
+    half's mouths are its own renderer's), and both far better than a still mouth would be."""
+    out = tmp_path / "out"
+    assert emote_main(["eval", "--renderer", "--reference", str(talking), "--out", str(out)]) == 0
+    summary = (out / "summary.md").read_text()
+    assert "With real mouth interiors (1 videos)" in summary and "| from the reference clip |" in summary
+    report = json.loads((out / "talking" / "metrics.json").read_text())
+    half = report["half"]
+    assert half["frames"] > 20 and half["mouths"] >= 3
+    assert half["painted"]["mouth_ssim"] > 0.8 and half["reference"]["mouth_ssim"] > 0.75
+    assert abs(half["reference"]["face_psnr"] - half["painted"]["face_psnr"]) < 2.0
+    assert max(report["per_frame"]["frame"]) > 2 * half["frames"] * 0.8  # the full video is still scored too
+    assert emote_main(["eval", "--reference", str(talking), "--out", str(out)]) == 2  # needs --renderer
+
+
+def test_render_with_a_reference_clip(talking: Path, tmp_path: Path) -> None:
+    import skimage.data
+
+    portrait = tmp_path / "astronaut.png"
+    cv2.imwrite(str(portrait), cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR))
+    out = tmp_path / "with_reference.mp4"
+    assert emote_main(["render", str(portrait), str(talking), "--reference", str(talking), "--size", "256",
+                       "-o", str(out)]) == 0
+    frames, _ = read_video_frames(out)
+    assert len(frames) > 50
+    from emote.model.media.video_out import Mp4Writer
+
+    empty = tmp_path / "empty_room.mp4"  # no one in it
+    with Mp4Writer(empty, 128, 128, 25.0) as writer:
+        for _ in range(30):
+            writer.write_video(np.full((128, 128, 3), 90, np.uint8))
+    bad = tmp_path / "bad.mp4"
+    assert emote_main(["render", str(portrait), str(talking), "--reference", str(empty), "-o", str(bad)]) == 2
+    assert not bad.exists()

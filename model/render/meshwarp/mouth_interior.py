@@ -13,12 +13,17 @@ Teeth the photo already shows stay attached to the upper lip region.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
+from emote.model.face.image_io import is_grayscale
 from emote.model.face.regions import CHIN, INNER_LIPS, INNER_LOWER, INNER_UPPER, LEFT_EYE, OUTER_LIPS, RIGHT_EYE
 from emote.model.render.meshwarp.mesh import loop_fan, strip_quads
+
+if TYPE_CHECKING:
+    from emote.model.render.meshwarp.reference import MouthBank
 
 # Layers (drawing priority) used inside the mouth opening.
 LAYER_CAVITY, LAYER_TONGUE, LAYER_LOWER_TEETH, LAYER_UPPER_TEETH, LAYER_PHOTO_TEETH = 1, 2, 3, 4, 5
@@ -32,12 +37,6 @@ def _polygon_mask(shape: tuple[int, int], points: np.ndarray) -> np.ndarray:
     mask = np.zeros(shape, np.uint8)
     cv2.fillPoly(mask, [np.round(points[:, :2] * 4).astype(np.int32)], (1,), lineType=cv2.LINE_8, shift=2)
     return mask.astype(bool)
-
-
-def _is_grayscale(image: np.ndarray) -> bool:
-    """True when the picture has (practically) no colour."""
-    sample = image[::4, ::4].astype(np.int16)
-    return bool(np.percentile(np.abs(sample - sample.mean(axis=2, keepdims=True)).max(axis=2), 99) <= 4)
 
 
 def _region_colour(image: np.ndarray, mask: np.ndarray, percentile: float, fallback: np.ndarray) -> np.ndarray:
@@ -152,7 +151,7 @@ def paint_mouth_textures(image: np.ndarray, landmarks: np.ndarray, width: int, s
     strip[0:th, 0:tw, :3] = _paint_teeth(tw, th, teeth, True, rng)
     strip[th : 2 * th, 0:tw, :3] = _paint_teeth(tw, th, teeth * 0.82, False, rng)
     strip[2 * th : 3 * th, 0:tw, :3] = _paint_tongue(tw, th, tongue)
-    if _is_grayscale(image):  # a black-and-white photo gets a black-and-white mouth
+    if is_grayscale(image):  # a black-and-white photo gets a black-and-white mouth
         grey = strip[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
         strip[..., :3] = np.clip(grey, 0, 255).astype(np.uint8)[..., None]
     cav_x = min(tw + 4, width - 2)
@@ -176,11 +175,14 @@ class MouthRig:
         rest: (478, 3) portrait landmarks in output pixels.
         tex: the portrait's painted textures.
         strip_y: atlas row where the texture strip starts.
+        bank: real interiors of a reference clip (:mod:`~.reference`), drawn over the painted ones (and
+            instead of the photo's own), with ``bank_y`` the atlas row where their strip starts.
     """
 
     N_RIM = 16  # tongue outline vertices
 
-    def __init__(self, rest: np.ndarray, tex: MouthTextures, strip_y: float) -> None:
+    def __init__(self, rest: np.ndarray, tex: MouthTextures, strip_y: float, bank: MouthBank | None = None,
+                 bank_y: float = 0.0) -> None:
         self.rest = rest.astype(np.float32)
         upper, lower = rest[INNER_UPPER], rest[INNER_LOWER]
         self.stomion = ((upper + lower) / 2).astype(np.float32)  # (11, 3) resting lip line
@@ -190,7 +192,6 @@ class MouthRig:
         n = np.array([-axis[1], axis[0], 0.0], np.float32)
         self.down = n if n[1] >= 0 else -n  # unit vector from the nose towards the chin
         self.across = np.array([self.down[1], -self.down[0], 0.0], np.float32)
-        self.photo_opening = tex.photo_opening
         n_lip, n_cols, n_rim = len(INNER_LIPS), len(self.stomion), self.N_RIM
         cols = np.linspace(0.0, 1.0, n_cols)
 
@@ -216,18 +217,31 @@ class MouthRig:
         tris = [loop_fan(n_lip, n_lip), strip_quads(n_cols, o_up, o_up + n_cols),
                 strip_quads(n_cols, o_low, o_low + n_cols), loop_fan(n_rim, o_tongue + n_rim, o_tongue)]
         layer = [LAYER_CAVITY, LAYER_UPPER_TEETH, LAYER_LOWER_TEETH, LAYER_TONGUE]
-        if self.photo_opening:
+        self.bank, self._bank_y = bank, np.float32(bank_y)
+        self.photo_opening = tex.photo_opening and bank is None  # a reference's real interiors replace the photo's
+        if self.photo_opening or bank is not None:
             o_photo = o_tongue + n_rim + 1
-            photo = np.concatenate([rest[INNER_LIPS], rest[INNER_LIPS].mean(axis=0, keepdims=True)])
-            uv.append(photo[:, :2])
+            loop = rest[INNER_LIPS, :2] if bank is None or bank.own >= 0 else bank.loops[0] + [0.0, bank_y]
+            uv.append(np.concatenate([loop, loop.mean(axis=0, keepdims=True)]))
             shade.append(np.ones(n_lip + 1))
             tris.append(loop_fan(n_lip, o_photo + n_lip, o_photo))
             layer.append(LAYER_PHOTO_TEETH)
         self.uv = np.concatenate(uv).astype(np.float32)
         self._shade = np.concatenate(shade).astype(np.float32)
-        self._photo_block = slice(len(self.uv) - (n_lip + 1), len(self.uv)) if self.photo_opening else None
+        #: The vertices of the photo's (or the reference's) interior, whose light never changes.
+        self.interior = slice(len(self.uv) - (n_lip + 1), len(self.uv)) if (self.photo_opening or bank) else None
         self.tris = np.concatenate(tris).astype(np.int32)
         self.layer = np.concatenate([np.full(len(t), lay, np.int8) for t, lay in zip(tris, layer, strict=True)])
+
+    def interior_uv(self, entry: int) -> np.ndarray:
+        """(21, 2) atlas coordinates of the reference interior ``entry`` (its outline, then its centre); the
+        bank's :attr:`~.reference.MouthBank.own` entry is the photo's own opening."""
+        assert self.bank is not None
+        if entry == self.bank.own:
+            loop = self.rest[INNER_LIPS, :2]
+        else:
+            loop = self.bank.loops[entry] + np.array([0.0, self._bank_y], np.float32)
+        return np.concatenate([loop, loop.mean(axis=0, keepdims=True)])
 
     def place(self, deformed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Vertex positions (V, 3) and shades (V,) for a frame's deformed landmarks (before head pose)."""
@@ -248,8 +262,10 @@ class MouthRig:
         if self.photo_opening:
             # The photo's own teeth and interior stay where they were, fixed to the skull.
             blocks += [self.rest[INNER_LIPS], self.rest[INNER_LIPS].mean(axis=0, keepdims=True)]
+        elif self.bank is not None:  # a real interior, warped into this frame's opening
+            blocks += [contour, contour.mean(axis=0, keepdims=True)]
         xyz = np.concatenate(blocks).astype(np.float32)
         shade = self._shade * light
-        if self._photo_block is not None:
-            shade[self._photo_block] = 1.0
+        if self.interior is not None:
+            shade[self.interior] = 1.0
         return xyz, shade

@@ -43,6 +43,7 @@ from emote.model.motion.interface import COEFF_INDEX, N_COEFFS
 from emote.model.render.meshwarp.mesh import build_surround, skin_triangles
 from emote.model.render.meshwarp.mouth_interior import MouthRig, paint_mouth_textures
 from emote.model.render.meshwarp.raster import Rasterizer, RasterLayers, by_layer
+from emote.model.render.meshwarp.reference import ReferenceMouths, mouth_bank
 
 #: Callable mapping a (52,) coefficient change to (478, 3) deformed landmarks.
 Deformer = Callable[[np.ndarray], np.ndarray]
@@ -167,16 +168,20 @@ class MeshWarpPortrait:
         return self.framed.size
 
     @classmethod
-    def build(cls, portrait: FramedPortrait, deformer: Deformer | None) -> MeshWarpPortrait:
-        """Prepare ``portrait`` (~50-90 ms at 512x512); ``deformer`` as in :class:`MeshWarpRenderer`."""
+    def build(cls, portrait: FramedPortrait, deformer: Deformer | None,
+              reference: ReferenceMouths | None = None) -> MeshWarpPortrait:
+        """Prepare ``portrait`` (~50-90 ms at 512x512); ``deformer`` and ``reference`` as in
+        :class:`MeshWarpRenderer`."""
         rest = portrait.landmarks.astype(np.float32)
         w, h = portrait.size
         textures = paint_mouth_textures(portrait.image, rest, w)
+        bank = mouth_bank(reference, portrait.image, rest, w) if reference is not None else None
         # Snap the matte's near-certain values: the rasteriser composites only where the person's
         # opacity is partial, and a matte that is 0.99 all over would send every pixel that way.
         matte = np.where(portrait.matte > 0.97, 1.0, np.where(portrait.matte < 0.03, 0.0, portrait.matte))
         matte_u8 = np.round(matte * 255).astype(np.uint8)
-        atlas = np.concatenate([np.dstack([portrait.image, matte_u8]), textures.strip])
+        atlas = np.concatenate([np.dstack([portrait.image, matte_u8]), textures.strip]
+                               + ([bank.strip] if bank is not None else []))
         oval = rest[FACE_OVAL]
         face_width = float(np.ptp(oval[:, 0]))
         # Scenery further from the person than any head motion can reach never changes.
@@ -185,7 +190,7 @@ class MeshWarpPortrait:
         near = cv2.dilate((portrait.matte > 0.02).astype(np.uint8), disc)
         layers = RasterLayers.build(atlas, portrait.image, fill_background(portrait.image, portrait.matte),
                                     static=near == 0)
-        mouth = MouthRig(rest, textures, float(h))
+        mouth = MouthRig(rest, textures, float(h), bank, float(h + len(textures.strip)))
         surround = build_surround(rest, (w, h))
         pivot = head_pivot(rest)
         eyes = (_eye_patch(rest, RIGHT_EYE, RIGHT_IRIS), _eye_patch(rest, LEFT_EYE, LEFT_IRIS))
@@ -263,13 +268,17 @@ class MeshWarpRenderer:
         basis: the expression model that moves the landmarks; ``None`` loads the shipped
             blendshape basis on first use. ``expression=False`` keeps the photo's expression
             (head pose and gaze still move).
+        reference: real mouth interiors of the portrait's person (:func:`~.reference.reference_mouths`,
+            from a clip of them talking), drawn instead of the painted ones.
     """
 
     name = "meshwarp"
 
-    def __init__(self, basis: BlendshapeBasis | None = None, *, expression: bool = True) -> None:
+    def __init__(self, basis: BlendshapeBasis | None = None, *, expression: bool = True,
+                 reference: ReferenceMouths | None = None) -> None:
         self._basis = basis
         self.expression = expression
+        self.reference = reference
 
     def prepare(self, portrait: FramedPortrait) -> MeshWarpPortrait:
         deformer = None
@@ -277,7 +286,7 @@ class MeshWarpRenderer:
             if self._basis is None:
                 self._basis = BlendshapeBasis.load()
             deformer = self._basis.portrait(portrait.landmarks)
-        return MeshWarpPortrait.build(portrait, deformer)
+        return MeshWarpPortrait.build(portrait, deformer, self.reference)
 
     def session(self, prepared: MeshWarpPortrait) -> MeshWarpSession:
         return MeshWarpSession(prepared)
@@ -292,6 +301,7 @@ class MeshWarpSession:
         self._xyz = prepared.xyz.copy()
         self._uv = prepared.uv.copy()
         self._shade = np.ones(len(prepared.xyz), np.float32)
+        self._interior = -1  # the reference interior shown (none yet)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -329,6 +339,11 @@ class MeshWarpSession:
         face = p.deformed_landmarks(coeffs)
         xyz[: len(face)] = face
         xyz[p.mouth_slice], shade[p.mouth_slice] = p.mouth.place(face)
+        if p.mouth.bank is not None and p.mouth.interior is not None:
+            entry = p.mouth.bank.choose(face, self._interior)
+            if entry != self._interior:
+                uv[p.mouth_slice][p.mouth.interior] = p.mouth.interior_uv(entry)
+                self._interior = entry
         for eye, (pts, _, _) in enumerate(p.eyes):
             xyz[p.eye_slices[eye]] = pts
             xyz[p.iris[eye]] += self._gaze_shift(delta, eye)
