@@ -25,7 +25,7 @@ from emote.model.errors import PortraitError
 
 log = logging.getLogger(__name__)
 
-#: An analysis takes 0.1-0.6 s; a worker this slow is stuck and is replaced.
+#: An analysis takes 0.1-0.6 s (a clip's 30 s: about 15 s); a worker this slow is stuck and is replaced.
 TIMEOUT_S = 60.0
 
 
@@ -36,9 +36,14 @@ def _ignore_sigint() -> None:
 
 
 def check_portrait_file(path: str) -> int:
-    """Runs in the worker: analyse the largest face (filling the cache); returns the worker's pid."""
+    """Runs in the worker: analyse the largest face (filling the cache); returns the worker's pid. A clip
+    (:data:`~server.portrait_clips.CLIP_SUFFIX`) first gives its portrait frame and reference mouths
+    (:func:`~server.portrait_clips.prepare_clip`), and the frame is analysed."""
     from emote.model.face.portrait import analyze_portrait
+    from emote.server.portrait_clips import CLIP_SUFFIX, prepare_clip
 
+    if path.endswith(CLIP_SUFFIX):
+        path = str(prepare_clip(Path(path))[0])
     analyze_portrait(path, face_index=0)  # face_index=0: the largest, no several-faces warning
     return os.getpid()
 

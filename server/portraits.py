@@ -12,9 +12,8 @@ the uploaded file name, and are found again after a restart. At most ``max_uploa
 new one beyond that deletes the least recently uploaded, with its cached analysis (never the
 default portrait, nor its analysis).
 
-The parts a live session is built from that outlive it are kept here too, so that starting a session
-does not stall the others: :class:`PreparedPortraits` (renderers' prepared portraits) and
-:class:`GatePool` (warm speech gates).
+The renderers' prepared portraits outlive a session too (:class:`PreparedPortraits`), so that starting a
+session does not stall the others (warm speech gates: :mod:`server.speech_gates`).
 """
 
 from __future__ import annotations
@@ -37,15 +36,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from emote.model.errors import NotAnImageError, PortraitError
 from emote.model.face.portrait import analyze_portrait, cached_analysis_path
 from emote.model.render.interface import FrameRenderer, PreparedPortrait, Renderer
-from emote.model.render.registry import make_renderer, prepare_portrait
+from emote.model.render.meshwarp.reference import load_mouths
+from emote.model.render.registry import DEFAULT_RENDERER, make_renderer, prepare_portrait
 from emote.server.errors import UnknownPortraitError
-from emote.streaming.speech_gate import SpeechGate
+from emote.server.portrait_clips import CLIP_SUFFIX, MOUTHS_SUFFIX, is_video
 
 DEFAULT_ID = "default"
 ID_HEX_DIGITS = 16
@@ -69,6 +68,7 @@ class PortraitInfo:
         source: ``"bundled"`` for the default portrait, ``"uploaded"`` otherwise.
         path: the image file on the server's disk.
         media_type: the image's MIME type.
+        reference: real mouths of the person (uploaded as a clip, :mod:`~server.portrait_clips`), or None.
     """
 
     id: str
@@ -76,6 +76,7 @@ class PortraitInfo:
     source: Literal["bundled", "uploaded"]
     path: Path
     media_type: str
+    reference: Path | None = None
 
     def as_json(self) -> dict[str, str]:
         """The entry ``GET /portraits`` returns."""
@@ -192,7 +193,7 @@ class PortraitStore:
         """Delete an evicted upload's image, name file and cached face analysis (on the executor)."""
         if info.id in self._uploaded:
             return  # uploaded again since it was evicted
-        paths = [info.path, info.path.with_suffix(".json")]
+        paths = [info.path, info.path.with_suffix(".json"), info.path.with_suffix(MOUTHS_SUFFIX)]
         with contextlib.suppress(OSError):
             paths.append(cached_analysis_path(info.path, face_index=0))  # what the face analysis cached
         for path in paths:
@@ -206,8 +207,10 @@ class PortraitStore:
             with Image.open(io.BytesIO(data)) as img:
                 fmt = img.format or ""
         except UnidentifiedImageError:
-            raise NotAnImageError(f"{name}: not a readable image (no image format recognised in its "
-                                  "bytes); upload a JPEG, PNG or WebP photo") from None
+            if is_video(data):
+                return self._save_clip(data, name, portrait_id)
+            raise NotAnImageError(f"{name}: not a readable image or video (no format recognised in its bytes); "
+                                  "upload a JPEG, PNG or WebP photo, or a short clip of the person talking") from None
         except Image.DecompressionBombError:
             raise NotAnImageError(f"{name}: the picture has too many pixels to be an image this server "
                                   "reads; upload a photo of at most a few thousand pixels a side") from None
@@ -234,6 +237,28 @@ class PortraitStore:
         log.info("portrait %s (%s) uploaded, %d bytes", portrait_id, name, len(data))
         return PortraitInfo(portrait_id, name, "uploaded", final, _media_type(final))
 
+    def _save_clip(self, data: bytes, name: str, portrait_id: str) -> PortraitInfo:
+        """Runs on a worker thread: a clip's portrait frame and reference mouths, written atomically."""
+        self.upload_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.upload_dir / f".{portrait_id}.{uuid.uuid4().hex}{CLIP_SUFFIX}"
+        made = [tmp, tmp.with_suffix(".png"), tmp.with_suffix(MOUTHS_SUFFIX)]
+        final = self.upload_dir / f"{portrait_id}.png"
+        try:
+            tmp.write_bytes(data)
+            try:
+                self._analyze(tmp)
+            except PortraitError as exc:
+                raise type(exc)(str(exc).replace(str(tmp), name)) from None
+            _write_atomic(self.upload_dir / f"{portrait_id}.json", json.dumps({"name": name}).encode())
+            os.replace(made[2], final.with_suffix(MOUTHS_SUFFIX))
+            os.replace(made[1], final)
+        finally:
+            for path in made:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        log.info("portrait %s (%s) uploaded as a clip, %d bytes", portrait_id, name, len(data))
+        return PortraitInfo(portrait_id, name, "uploaded", final, _media_type(final), final.with_suffix(MOUTHS_SUFFIX))
+
     def _load_existing(self) -> None:
         if not self.upload_dir.is_dir():
             return
@@ -244,7 +269,9 @@ class PortraitStore:
             name = path.stem
             with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
                 name = _clean_name(json.loads((path.with_suffix(".json")).read_text())["name"])
-            found.append((path.stat().st_mtime, PortraitInfo(path.stem, name, "uploaded", path, _media_type(path))))
+            mouths = path.with_suffix(MOUTHS_SUFFIX)
+            found.append((path.stat().st_mtime, PortraitInfo(path.stem, name, "uploaded", path, _media_type(path),
+                                                              mouths if mouths.is_file() else None)))
         for _, info in sorted(found, key=lambda item: item[0]):
             self._uploaded[info.id] = info
 
@@ -274,93 +301,15 @@ class PreparedPortraits:
             if prepared is not None:
                 self._kept.move_to_end(key)
         if prepared is None:
-            prepared = prepare_portrait(info.path, size=size, face_index=0, renderer=self.renderer_kind)
+            kind = self.renderer_kind  # a portrait uploaded as a clip is drawn with its own mouths
+            if info.reference is not None:
+                kind = make_renderer(getattr(kind, "name", DEFAULT_RENDERER), reference=load_mouths(info.reference))
+            prepared = prepare_portrait(info.path, size=size, face_index=0, renderer=kind)
             with self._lock:
                 self._kept[key] = prepared
                 while len(self._kept) > self.entries:
                     self._kept.popitem(last=False)
         return prepared, self.renderer_kind.session(prepared)
-
-
-class GateLease:
-    """A pooled speech gate as one session sees it, until :meth:`revoke` takes it back.
-
-    The session calls ``process`` on a render thread; a step may still be running there after the
-    session was closed, so the lease serialises the calls and, once revoked, no longer touches the gate.
-    """
-
-    def __init__(self, gate: SpeechGate) -> None:
-        self._gate: SpeechGate | None = gate
-        self._lock = threading.Lock()
-
-    def process(self, samples: np.ndarray) -> np.ndarray:
-        with self._lock:
-            if self._gate is None:
-                return np.zeros(len(samples), np.float32)  # the session has ended: gate closed
-            return self._gate.process(samples)
-
-    def reset(self) -> None:
-        with self._lock:
-            if self._gate is not None:
-                self._gate.reset()
-
-    def warm_up(self) -> None:
-        with self._lock:
-            if self._gate is not None:
-                self._gate.warm_up()
-
-    def revoke(self) -> SpeechGate | None:
-        """Take the gate back once no call is using it (blocks for at most one ``process`` call)."""
-        with self._lock:
-            gate, self._gate = self._gate, None
-        return gate
-
-
-class GatePool:
-    """Warm speech gates (a silero-vad model each: ~60 ms to load with the GIL held, and slow first calls),
-    one per session slot, built once on the preparation thread and lent to sessions (reset in between)."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._free: list[SpeechGate] = []
-        self._building = 0  # gates fill() is making right now
-        self._lock = threading.Lock()
-
-    def fill(self) -> None:
-        """Build the gates still missing (on a worker thread)."""
-        while True:
-            with self._lock:
-                if len(self._free) + self._building >= self.size:
-                    return
-                self._building += 1
-            try:
-                gate = _warm_gate()
-                with self._lock:
-                    self._free.append(gate)
-            finally:
-                with self._lock:
-                    self._building -= 1
-
-    def lend(self) -> GateLease:
-        """A gate for a new session (on the preparation thread): a pooled one, or a new one if none is free."""
-        with self._lock:
-            gate = self._free.pop() if self._free else None
-        return GateLease(gate if gate is not None else _warm_gate())
-
-    def give_back(self, lease: GateLease) -> None:
-        gate = lease.revoke()
-        if gate is None:
-            return
-        gate.reset()
-        with self._lock:
-            if len(self._free) < self.size:
-                self._free.append(gate)
-
-
-def _warm_gate() -> SpeechGate:
-    gate = SpeechGate()
-    gate.warm_up()  # TorchScript's slow first calls happen here, not in a live call
-    return gate
 
 
 def _analyze_face(path: Path) -> object:

@@ -36,7 +36,8 @@ import numpy as np
 from emote.model.motion.registry import make_generator
 from emote.server.config import ServerConfig
 from emote.server.errors import SayQueueFullError, TooManySessionsError, UnknownSessionError
-from emote.server.portraits import GateLease, GatePool, PortraitInfo, PortraitStore, PreparedPortraits
+from emote.server.portraits import PortraitInfo, PortraitStore, PreparedPortraits
+from emote.server.speech_gates import GateLease, GatePool
 from emote.streaming.session import (
     AvatarSession,
     SessionClosed,

@@ -79,17 +79,16 @@ def canonical_shape(landmarks: np.ndarray, similarity: object) -> np.ndarray:
     return canon[:, :2].astype(np.float32).reshape(-1)
 
 
-def select_mouths(frames: list[np.ndarray], landmarks: np.ndarray, source: str,
-                  max_mouths: int = MAX_MOUTHS) -> ReferenceMouths:
-    """Keep up to ``max_mouths`` open mouths of a measured clip, spread over the shapes it shows.
+def choose_mouths(landmarks: np.ndarray, source: str, max_mouths: int = MAX_MOUTHS) -> tuple[np.ndarray, np.ndarray]:
+    """Which frames of a measured clip to keep, and their canonical shapes: up to ``max_mouths`` open mouths,
+    spread over the shapes the clip shows (the most open first, then always the one least like those kept).
 
     Args:
-        frames: the clip's RGB frames.
-        landmarks: (T, 478, 3) their landmarks in pixels (NaN where no face was found).
+        landmarks: (T, 478, 3) landmarks in pixels (NaN where no face was found).
         source: the clip's name, for messages.
 
     Raises:
-        InputError: fewer than :data:`MIN_MOUTHS` frames show a face with an open mouth.
+        InputError: no face, or fewer than :data:`MIN_MOUTHS` frames with an open mouth.
     """
     from emote.model.face.blendshape_basis import BlendshapeBasis
 
@@ -111,32 +110,52 @@ def select_mouths(frames: list[np.ndarray], landmarks: np.ndarray, source: str,
                          f"{MIN_MOUTHS} needed); a reference clip needs the person talking, face to the camera, for a "
                          "few seconds")
     feats = np.stack(shapes)
-    # Farthest-point sampling: the most open mouth first, then always the shape least like those kept.
     openness = np.array([_area(f.reshape(-1, 2)) for f in feats])
     chosen = [int(np.argmax(openness))]
     dist = np.linalg.norm(feats - feats[chosen[0]], axis=1)
     while len(chosen) < min(max_mouths, len(feats)) and dist.max() > 0:
         chosen.append(int(np.argmax(dist)))
         dist = np.minimum(dist, np.linalg.norm(feats - feats[chosen[-1]], axis=1))
+    return np.asarray(candidates)[chosen], feats[chosen]
+
+
+def crop_mouths(frames: dict[int, np.ndarray], landmarks: np.ndarray, chosen: np.ndarray, shapes: np.ndarray,
+                source: str) -> ReferenceMouths:
+    """The chosen frames' mouths cut out (``frames``: at least the chosen ones, by index, as measured)."""
     crops, inner, outer = [], [], []
-    for k in chosen:
-        lm = landmarks[candidates[k]]
-        frame = frames[candidates[k]]
+    for t in chosen:
+        lm, frame = landmarks[t], frames[int(t)]
         margin = (CROP_MARGIN + 0.1) * _mouth_width(lm)
         pts = lm[OUTER_LIPS, :2]
-        x0, y0 = np.floor(pts.min(axis=0) - margin).astype(int)
-        x1, y1 = np.ceil(pts.max(axis=0) + margin).astype(int)
-        x0, y0 = max(x0, 0), max(y0, 0)
-        x1, y1 = min(x1, frame.shape[1]), min(y1, frame.shape[0])
+        x0, y0 = np.maximum(np.floor(pts.min(axis=0) - margin).astype(int), 0)
+        x1, y1 = np.minimum(np.ceil(pts.max(axis=0) + margin).astype(int), [frame.shape[1], frame.shape[0]])
         crops.append(np.ascontiguousarray(frame[y0:y1, x0:x1]))
         inner.append(lm[INNER_LIPS, :2] - [x0, y0])
         outer.append(lm[OUTER_LIPS, :2] - [x0, y0])
     return ReferenceMouths(crops=tuple(crops), inner=np.asarray(inner, np.float32), outer=np.asarray(outer, np.float32),
-                           shapes=feats[chosen], source=source)
+                           shapes=np.asarray(shapes, np.float32), source=source)
+
+
+def select_mouths(frames: list[np.ndarray], landmarks: np.ndarray, source: str,
+                  max_mouths: int = MAX_MOUTHS) -> ReferenceMouths:
+    """:func:`choose_mouths` and :func:`crop_mouths` of a clip held in memory (its RGB frames as measured)."""
+    chosen, shapes = choose_mouths(landmarks, source, max_mouths)
+    return crop_mouths({int(t): frames[int(t)] for t in chosen}, landmarks, chosen, shapes, source)
+
+
+def measuring_size(frame: np.ndarray) -> np.ndarray:
+    """A frame at the size clips are measured at (longest side at most 640 pixels)."""
+    h, w = frame.shape[:2]
+    scale = min(1.0, _MEASURE_SIDE / max(h, w))
+    return frame if scale == 1.0 else cv2.resize(frame, (round(w * scale), round(h * scale)),
+                                                 interpolation=cv2.INTER_AREA)
 
 
 def reference_mouths(path: str | os.PathLike[str], max_seconds: float = REFERENCE_SECONDS) -> ReferenceMouths:
     """Measure a reference clip (a video of the portrait's person talking) and keep its open mouths.
+
+    The clip is decoded twice (measured frame by frame, then only the chosen frames kept), so memory stays
+    small however long it is.
 
     Raises:
         InputError: the file cannot be read as a video, or shows too few open mouths.
@@ -144,16 +163,15 @@ def reference_mouths(path: str | os.PathLike[str], max_seconds: float = REFERENC
     from emote.model.face.tracks import iter_video_frames, measure_frames
 
     decoded, fps = iter_video_frames(str(path))
-    frames = []
-    for frame in itertools.islice(decoded, max(1, int(round(max_seconds * fps)))):
-        h, w = frame.shape[:2]
-        scale = min(1.0, _MEASURE_SIDE / max(h, w))
-        frames.append(frame if scale == 1.0 else cv2.resize(frame, (round(w * scale), round(h * scale)),
-                                                             interpolation=cv2.INTER_AREA))
-    if not frames:
+    n = max(1, int(round(max_seconds * fps)))
+    tracks = measure_frames((measuring_size(f) for f in itertools.islice(decoded, n)), fps)
+    if not len(tracks.landmarks):
         raise InputError(f"{path}: no video frames could be decoded; give a clip of the person talking")
-    tracks = measure_frames(frames, fps)
-    return select_mouths(frames, tracks.landmarks, str(path))
+    chosen, shapes = choose_mouths(tracks.landmarks, str(path))
+    wanted = set(chosen.tolist())
+    again, _ = iter_video_frames(str(path))
+    frames = {t: measuring_size(f) for t, f in enumerate(itertools.islice(again, n)) if t in wanted}
+    return crop_mouths(frames, tracks.landmarks, chosen, shapes, str(path))
 
 
 def _lip_stats(image: np.ndarray, inner: np.ndarray, outer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -275,3 +293,29 @@ def mouth_bank(mouths: ReferenceMouths, image: np.ndarray, landmarks: np.ndarray
         shapes = np.concatenate([shapes, canonical_shape(landmarks, similarity)[None]])
     return MouthBank(strip=strip, loops=np.asarray(loops, np.float32).reshape(-1, len(INNER_LIPS), 2),
                      shapes=shapes, similarity=similarity)
+
+
+def save_mouths(mouths: ReferenceMouths, path: str | os.PathLike[str]) -> None:
+    """Write a reference's open mouths to an ``.npz`` file (:func:`load_mouths` reads it back)."""
+    sizes = np.array([crop.shape[:2] for crop in mouths.crops], np.int32)
+    pixels = np.concatenate([crop.reshape(-1) for crop in mouths.crops]).astype(np.uint8)
+    with open(path, "wb") as f:
+        np.savez_compressed(f, sizes=sizes, pixels=pixels, inner=mouths.inner, outer=mouths.outer,
+                            shapes=mouths.shapes, source=np.array(mouths.source))
+
+
+def load_mouths(path: str | os.PathLike[str]) -> ReferenceMouths:
+    """Read what :func:`save_mouths` wrote.
+
+    Raises:
+        InputError: the file is not such a file.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            sizes, pixels = z["sizes"], z["pixels"]
+            ends = np.cumsum([h * w * 3 for h, w in sizes])
+            crops = tuple(pixels[e - h * w * 3 : e].reshape(h, w, 3) for (h, w), e in zip(sizes, ends, strict=True))
+            return ReferenceMouths(crops=crops, inner=z["inner"], outer=z["outer"], shapes=z["shapes"],
+                                   source=str(z["source"]))
+    except (OSError, KeyError, ValueError) as exc:
+        raise InputError(f"{path}: not a saved set of reference mouths ({exc})") from None

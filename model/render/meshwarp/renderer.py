@@ -1,13 +1,15 @@
 """The mesh-warp renderer: portrait + one motion frame → one video frame.
 
 Per portrait (once, :meth:`MeshWarpRenderer.prepare`): paint the mouth interior
-textures, stack them with the photo and its person matte into one RGBA atlas,
+textures (and, given a reference clip of the person, pack its real open mouths,
+:mod:`~.reference`), stack them with the photo and its person matte into one RGBA atlas,
 fill in the background behind the person, build the meshes (face skin with
 holes, eye patches, rings around the face) and the expression deformer (the
 learned blendshape basis aligned to this face). The result, a
 :class:`MeshWarpPortrait`, is immutable and shared by every session on that
 portrait. Per frame (:class:`MeshWarpSession`): deform the landmarks by the
-expression, add gaze, build the mouth interior, turn the head in 3-D about a
+expression, add gaze, build the mouth interior (or pick the reference's closest
+open mouth), turn the head in 3-D about a
 pivot behind the face, rasterise all layers and composite over the pinned
 background. A frame whose motion equals the portrait's own expression
 reproduces the portrait exactly.
