@@ -219,9 +219,27 @@ class PortraitStore:
         suffix = _SUFFIXES.get(fmt)
         if suffix is None:
             raise NotAnImageError(f"{name}: {fmt or 'this'} images are not accepted; upload a JPEG, PNG or WebP photo")
-        self.upload_dir.mkdir(parents=True, exist_ok=True)
         final = self.upload_dir / f"{portrait_id}{suffix}"
         tmp = self.upload_dir / f".{portrait_id}.{uuid.uuid4().hex}.tmp{suffix}"
+        self._analyse_and_keep(data, name, portrait_id, tmp, [(tmp, final)])
+        log.info("portrait %s (%s) uploaded, %d bytes", portrait_id, name, len(data))
+        return PortraitInfo(portrait_id, name, "uploaded", final, _media_type(final))
+
+    def _save_clip(self, data: bytes, name: str, portrait_id: str) -> PortraitInfo:
+        """Runs on a worker thread: a clip's portrait frame and reference mouths (:mod:`~server.portrait_clips`)."""
+        final = self.upload_dir / f"{portrait_id}.png"
+        tmp = self.upload_dir / f".{portrait_id}.{uuid.uuid4().hex}{CLIP_SUFFIX}"
+        mouths = final.with_suffix(MOUTHS_SUFFIX)
+        self._analyse_and_keep(data, name, portrait_id, tmp, [(tmp.with_suffix(MOUTHS_SUFFIX), mouths),
+                                                             (tmp.with_suffix(".png"), final)])
+        log.info("portrait %s (%s) uploaded as a clip, %d bytes", portrait_id, name, len(data))
+        return PortraitInfo(portrait_id, name, "uploaded", final, _media_type(final), mouths)
+
+    def _analyse_and_keep(self, data: bytes, name: str, portrait_id: str, tmp: Path,
+                          moves: builtins.list[tuple[Path, Path]]) -> None:
+        """Write ``data`` to ``tmp``, analyse it, then write the name file and rename what the analysis made
+        (``moves``: temporary → final, the portrait last); nothing temporary is left, whatever happens."""
+        self.upload_dir.mkdir(parents=True, exist_ok=True)
         try:
             tmp.write_bytes(data)
             try:
@@ -230,34 +248,12 @@ class PortraitStore:
                 # The analyser names the file it read; the person knows it by the name they uploaded.
                 raise type(exc)(str(exc).replace(str(tmp), name)) from None
             _write_atomic(self.upload_dir / f"{portrait_id}.json", json.dumps({"name": name}).encode())
-            os.replace(tmp, final)
+            for source, target in moves:
+                os.replace(source, target)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-        log.info("portrait %s (%s) uploaded, %d bytes", portrait_id, name, len(data))
-        return PortraitInfo(portrait_id, name, "uploaded", final, _media_type(final))
-
-    def _save_clip(self, data: bytes, name: str, portrait_id: str) -> PortraitInfo:
-        """Runs on a worker thread: a clip's portrait frame and reference mouths, written atomically."""
-        self.upload_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.upload_dir / f".{portrait_id}.{uuid.uuid4().hex}{CLIP_SUFFIX}"
-        made = [tmp, tmp.with_suffix(".png"), tmp.with_suffix(MOUTHS_SUFFIX)]
-        final = self.upload_dir / f"{portrait_id}.png"
-        try:
-            tmp.write_bytes(data)
-            try:
-                self._analyze(tmp)
-            except PortraitError as exc:
-                raise type(exc)(str(exc).replace(str(tmp), name)) from None
-            _write_atomic(self.upload_dir / f"{portrait_id}.json", json.dumps({"name": name}).encode())
-            os.replace(made[2], final.with_suffix(MOUTHS_SUFFIX))
-            os.replace(made[1], final)
-        finally:
-            for path in made:
+            for path in [tmp, *(source for source, _ in moves)]:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
-        log.info("portrait %s (%s) uploaded as a clip, %d bytes", portrait_id, name, len(data))
-        return PortraitInfo(portrait_id, name, "uploaded", final, _media_type(final), final.with_suffix(MOUTHS_SUFFIX))
 
     def _load_existing(self) -> None:
         if not self.upload_dir.is_dir():
