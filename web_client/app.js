@@ -111,12 +111,15 @@ async function loadPortraits(select = null) {
 }
 
 async function uploadPortrait(file) {
-  showStatus(`Uploading ${file.name}…`);
+  const clip = file.type.startsWith("video/");
+  showStatus(clip ? `Uploading ${file.name} (a clip is measured frame by frame: this takes a few seconds)…`
+    : `Uploading ${file.name}…`);
   const form = new FormData();
   form.append("image", file);
   const response = await request("/portraits", { method: "POST", body: form });
   if (!response.ok) {
-    const fallback = response.status === 413 ? "The photo is too large for this server" : "The server rejected the photo";
+    const what = clip ? "clip" : "photo";
+    const fallback = response.status === 413 ? `The ${what} is too large for this server` : `The server rejected the ${what}`;
     throw new UserError(`Portrait rejected: ${await serverMessage(response, fallback)}`);
   }
   const { portrait_id: portraitId } = await response.json();
