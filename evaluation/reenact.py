@@ -207,22 +207,23 @@ def reenact_video(video: Path, out_dir: Path, *, reference: bool = False, progre
     if reference:
         half = len(real) // 2
         say(f"{video.name}: the first half again, with the mouths of the second half")
-        mouths = select_mouths(real[half:], tracks.landmarks[half:], f"{video.name} (second half)")
-        with_ref = make_renderer(reference=mouths)
-        ref_session = with_ref.session(prepare_portrait(portrait, full_frame=True, renderer=with_ref))
         try:
+            mouths = select_mouths(real[half:], tracks.landmarks[half:], "its second half")
+            with_ref = make_renderer(reference=mouths)
+            ref_session = with_ref.session(prepare_portrait(portrait, full_frame=True, renderer=with_ref))
             ref_rendered, ref_used, ref_frame, _, _ = _render_scored(ref_session, pose, coeffs, real, tracks, seen,
                                                                      size, half)
-        except InputError as exc:
-            raise InputError(f"{video.name}: first half: {exc}") from None
-        both = np.intersect1d(used, ref_used)  # the frames both renders are scored on
-        at = {k: np.searchsorted(u, both) for k, u in (("painted", used), ("reference", ref_used))}
-        report.half = {
-            "painted": {k: float(np.nanmean(v[at["painted"]])) for k, v in per_frame.items()},
-            "reference": {k: float(np.nanmean(v[at["reference"]])) for k, v in ref_frame.items()},
-            "frames": float(len(both)), "mouths": float(len(mouths.crops))}
-        columns.append(ref_rendered + rendered[half:])
-        titles.append("reference mouths (1st half)")
+        except InputError as exc:  # the video is still scored without a reference
+            report.half = {"error": str(exc)}
+        else:
+            both = np.intersect1d(used, ref_used)  # the frames both renders are scored on
+            at = {k: np.searchsorted(u, both) for k, u in (("painted", used), ("reference", ref_used))}
+            report.half = {
+                "painted": {k: float(np.nanmean(v[at["painted"]])) for k, v in per_frame.items()},
+                "reference": {k: float(np.nanmean(v[at["reference"]])) for k, v in ref_frame.items()},
+                "frames": float(len(both)), "mouths": float(len(mouths.crops))}
+            columns.append(ref_rendered + rendered[half:])
+            titles.append("reference mouths (1st half)")
     diff = [np.clip(np.abs(r.astype(np.int16) - shift_image(g, *shifts[i]).astype(np.int16)) * 3, 0, 255)
             .astype(np.uint8) for i, (r, g) in enumerate(zip(real, rendered, strict=True))]
     write_side_by_side(folder / "side_by_side.mp4", columns + [diff], titles + ["|difference| x3"], fps,
@@ -256,7 +257,7 @@ def summary_markdown(reports: list[ReenactReport]) -> str:
                   "(its cost target is `make bench`'s, at 512x512).",
                   "", "Worst mouths: " + ", ".join(f"`{Path(r.video).name}` (SSIM {r.metrics['mouth_ssim']:.3f})"
                                                    for r in mouths) + "."]
-    halves = [r for r in ok if r.half]
+    halves = [r for r in ok if "reference" in r.half]
     if halves:
         keys = [c for c in COLUMNS if c[0] != "render_ms_per_frame"]
         lines += ["", f"With real mouth interiors ({len(halves)} videos): each video's first half re-enacted again "
@@ -273,6 +274,8 @@ def summary_markdown(reports: list[ReenactReport]) -> str:
             lines.append(f"| {title} | " + " | ".join(cells) + " |")
         gain = [np.nanmean([r.half["reference"][key] - r.half["painted"][key] for r in halves]) for key, _, _ in keys]
         lines.append("| difference | " + " | ".join(f"{g:+.3g}" for g in gain) + " |")
+        missing = [f"- `{Path(r.video).name}`: no reference ({r.half['error']})" for r in ok if "error" in r.half]
+        lines += ["", *missing] if missing else []
     skipped = [r for r in reports if r.error is not None]
     if skipped:
         lines += ["", "Skipped:"] + [f"- `{Path(r.video).name}`: {r.error}" for r in skipped]

@@ -154,3 +154,17 @@ def test_render_with_a_reference_clip(talking: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.mp4"
     assert emote_main(["render", str(portrait), str(talking), "--reference", str(empty), "-o", str(bad)]) == 2
     assert not bad.exists()
+
+
+def test_a_video_without_a_reference_is_still_scored_and_named() -> None:
+    from emote.evaluation.reenact import COLUMNS, ReenactReport, summary_markdown
+
+    metrics = {key: 0.5 for key, _, _ in COLUMNS}
+    with_ref = ReenactReport(video="a.mp4", metrics=metrics,
+                             half={"painted": dict(metrics), "reference": metrics | {"mouth_psnr": 0.75},
+                                   "frames": 10.0, "mouths": 5.0})
+    without = ReenactReport(video="b.mp4", metrics=metrics, half={"error": "its second half: only 0 of 9 frames"})
+    summary = summary_markdown([with_ref, without])
+    assert "Videos re-enacted: 2 of 2" in summary and "With real mouth interiors (1 videos)" in summary
+    assert "| difference | +0 | +0 | +0.25 |" in summary
+    assert "- `b.mp4`: no reference (its second half: only 0 of 9 frames)" in summary
