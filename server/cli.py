@@ -128,8 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--student-steps", type=int, default=None, help="optimiser steps of the student (default 4000)")
     tr.add_argument("--pairs", type=int, default=None, help="teacher samples for distillation (default 20000)")
     tr.add_argument("--features", default=None, metavar="SET",
-                    help="audio features: mel, mel+formants, mel+prior, or any of them +speech1s or +speech "
-                         "(Whisper's encoder over 1 s or 2 s of audio; default mel+formants+speech1s)")
+                    help="audio features: mel, mel+formants, mel+prior, or any of them +speech or +speech1s "
+                         "(Whisper's encoder over 2 s or 1 s of audio; default mel+formants+speech)")
     tr.add_argument("--seed", type=int, default=0, help="random seed of the run (default 0)")
     serve = sub.add_parser("serve", help="run the live server: a talking avatar over WebRTC, web client at /")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")

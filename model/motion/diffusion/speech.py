@@ -32,9 +32,9 @@ from emote.model.motion.baseline.audio_features import HALF_WIN, HOP, WIN, hop_f
 
 SPEECH_DIM = 384
 #: Audio one encoding reads by default: 2 s ending with the block (run 10's ``+speech`` set). A first probe on 16
-#: clips with a frame of lookahead favoured it (held-out jaw r 0.43 at 2 s, 0.36 at 1 s), but a model trained with
-#: 1 s (``+speech1s``, run 11) followed held-out jaws better when running free, at half the encoder's cost (9.3 ms
-#: per block at 2 s, 4.9 at 1 s): BENCHMARKS.md.
+#: clips with a frame of lookahead favoured it (held-out jaw r 0.43 at 2 s, 0.36 at 1 s). A model trained with 1 s
+#: (``+speech1s``, run 12) costs half (encoder 9.3 ms per block at 2 s, 4.9 at 1 s) but rendered lips followed
+#: the held-out people less (lip-sync r 0.203 against 0.246): BENCHMARKS.md.
 CONTEXT_FRAMES = 50
 HOPS_PER_FRAME = 4
 N_BANDS = 80

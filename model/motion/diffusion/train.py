@@ -67,7 +67,7 @@ class TrainConfig:
         validate_every: steps between validations.
         rollout_every: steps between free-running validations (:mod:`~.rollout`: held-out clips, as live).
         rollout_steps: DDIM steps of the teacher in those (the student always takes one).
-        features: the audio feature set (:data:`~.features.FEATURE_SETS`; ``+speech1s``: :mod:`~.speech`, run 12).
+        features: the audio feature set (:data:`~.features.FEATURE_SETS`; ``+speech``: :mod:`~.speech`, run 10).
         mouth_unknown: share of training windows whose carried mouth is replaced by noise.
         prior_frames: frames of audio the articulation prior reads (:mod:`~.prior`, e.g. 9; 0: none; run 8 lost).
         prior_l2: the prior's ridge penalty per training frame.
@@ -104,7 +104,7 @@ class TrainConfig:
     validate_every: int = 500
     rollout_every: int = 2000
     rollout_steps: int = 4
-    features: str = "mel+formants+speech1s"
+    features: str = "mel+formants+speech"
     mouth_unknown: float = 0.5
     motion_noise: float = 1.25
     blink_noise: float = 1.6
