@@ -229,7 +229,8 @@ class MouthRig:
         self.uv = np.concatenate(uv).astype(np.float32)
         self._shade = np.concatenate(shade).astype(np.float32)
         #: The vertices of the photo's (or the reference's) interior, whose light never changes.
-        self.interior = slice(len(self.uv) - (n_lip + 1), len(self.uv)) if (self.photo_opening or bank) else None
+        has_interior = self.photo_opening or bank is not None
+        self.interior = slice(len(self.uv) - (n_lip + 1), len(self.uv)) if has_interior else None
         self.tris = np.concatenate(tris).astype(np.int32)
         self.layer = np.concatenate([np.full(len(t), lay, np.int8) for t, lay in zip(tris, layer, strict=True)])
 

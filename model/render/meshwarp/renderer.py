@@ -178,6 +178,8 @@ class MeshWarpPortrait:
         w, h = portrait.size
         textures = paint_mouth_textures(portrait.image, rest, w)
         bank = mouth_bank(reference, portrait.image, rest, w) if reference is not None else None
+        if bank is not None and not len(bank.loops):  # every crop wider than the picture: painted mouths
+            bank = None
         # Snap the matte's near-certain values: the rasteriser composites only where the person's
         # opacity is partial, and a matte that is 0.99 all over would send every pixel that way.
         matte = np.where(portrait.matte > 0.97, 1.0, np.where(portrait.matte < 0.03, 0.0, portrait.matte))
