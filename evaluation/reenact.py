@@ -159,8 +159,8 @@ def reenact_video(video: Path, out_dir: Path, *, reference: bool = False, progre
     """Re-enact one real video from its first frame and measure every frame (see the module docstring).
 
     With ``reference``, also re-enact its first half with real mouth interiors taken from its second half
-    (:mod:`~emote.model.render.meshwarp.reference`) and score both renders on that first half
-    (``metrics["half_painted"]``, ``metrics["half_reference"]``).
+    (:mod:`~emote.model.render.meshwarp.reference`) and score both renders on the same frames of that half
+    (:attr:`ReenactReport.half`: their mean metrics, or the reason there is no reference).
 
     Raises:
         EmoteError: the video cannot be used (the caller records it and goes on).

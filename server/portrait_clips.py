@@ -12,7 +12,6 @@ kept as a PNG, and the mouths beside it as ``<id>.mouths.npz``. The clip itself 
 from __future__ import annotations
 
 import io
-import itertools
 from pathlib import Path
 
 import numpy as np
@@ -69,27 +68,23 @@ def prepare_clip(video: Path) -> tuple[Path, Path]:
     """
     import cv2
 
-    from emote.model.face.tracks import iter_video_frames, measure_frames
     from emote.model.render.meshwarp.reference import (
-        REFERENCE_SECONDS,
         choose_mouths,
+        clip_frames,
         crop_mouths,
+        measure_clip,
         measuring_size,
         save_mouths,
     )
 
     try:
-        decoded, fps = iter_video_frames(str(video))
-        n = max(1, int(round(REFERENCE_SECONDS * fps)))
-        tracks = measure_frames((measuring_size(f) for f in itertools.islice(decoded, n)), fps)
+        tracks, n = measure_clip(video)
         best = portrait_frame(tracks.landmarks, tracks.coeffs)
         if best < 0:
             raise InputError(f"{video}: no face in any of its {len(tracks.landmarks)} frames; upload a clip of the "
                              "person talking, face to the camera, or a photo")
         chosen, shapes = choose_mouths(tracks.landmarks, str(video))
-        wanted = set(chosen.tolist()) | {best}
-        again, _ = iter_video_frames(str(video))
-        kept = {t: f for t, f in enumerate(itertools.islice(again, n)) if t in wanted}
+        kept = clip_frames(video, set(chosen.tolist()) | {best}, n)
     except InputError as exc:
         raise PortraitError(str(exc)) from None
     portrait = kept[best]

@@ -42,7 +42,7 @@ from emote.model.errors import NotAnImageError, PortraitError
 from emote.model.face.portrait import analyze_portrait, cached_analysis_path
 from emote.model.render.interface import FrameRenderer, PreparedPortrait, Renderer
 from emote.model.render.meshwarp.reference import load_mouths
-from emote.model.render.registry import DEFAULT_RENDERER, make_renderer, prepare_portrait
+from emote.model.render.registry import make_renderer, prepare_portrait
 from emote.server.errors import UnknownPortraitError
 from emote.server.portrait_clips import CLIP_SUFFIX, MOUTHS_SUFFIX, is_video
 
@@ -299,7 +299,7 @@ class PreparedPortraits:
         if prepared is None:
             kind = self.renderer_kind  # a portrait uploaded as a clip is drawn with its own mouths
             if info.reference is not None:
-                kind = make_renderer(getattr(kind, "name", DEFAULT_RENDERER), reference=load_mouths(info.reference))
+                kind = make_renderer(kind.name, reference=load_mouths(info.reference))
             prepared = prepare_portrait(info.path, size=size, face_index=0, renderer=kind)
             with self._lock:
                 self._kept[key] = prepared

@@ -31,6 +31,7 @@ from emote.model.motion.baseline.audio_features import (
     hop_frames,
 )
 from emote.model.motion.baseline.mouth_dynamics import N_CHANNELS, MouthFilter, mouth_targets
+from emote.model.motion.diffusion.speech import CONTEXT_FRAMES, SPEECH_DIM, clip_speech
 
 SAMPLE_RATE = 16000
 FPS = 25.0
@@ -55,7 +56,7 @@ FEATURE_SETS = {"mel": HOP_DIM, "mel+formants": HOP_DIM + FORMANT_DIM, "mel+prio
 #: (:mod:`~.speech`: :data:`~.speech.SPEECH_DIM` numbers, computed per block of the generator's schedule from
 #: the 2 s of audio that end with the block); ``<set>+speech1s`` the same from 1 s. The suffix names the
 #: context in 25 fps frames here: a model hears its speech features only with the context it was trained on.
-SPEECH_SUFFIXES = {"+speech": 50, "+speech1s": 25}
+SPEECH_SUFFIXES = {"+speech": CONTEXT_FRAMES, "+speech1s": CONTEXT_FRAMES // 2}
 
 
 def _speech_suffix(feature_set: str) -> str:
@@ -85,8 +86,6 @@ def speech_context(feature_set: str) -> int:
 
 def frame_dim(feature_set: str) -> int:
     """Numbers per 25 fps frame of a feature set (4 hops side by side, then the speech features if any)."""
-    from emote.model.motion.diffusion.speech import SPEECH_DIM
-
     return HOPS_PER_FRAME * FEATURE_SETS[spectral_set(feature_set)] + (SPEECH_DIM if has_speech(feature_set) else 0)
 #: Audio a frame's features need beyond its own 40 ms: half an analysis window on each side.
 MARGIN_SAMPLES = HALF_WIN
@@ -226,8 +225,6 @@ def clip_features(audio: np.ndarray, n_frames: int, mel: np.ndarray, feature_set
         parts = [frame_features(padded, -(MARGIN_SAMPLES + HOP), 0, n_frames, mel, "mel", floor_rms),
                  prior_features(padded, -(MARGIN_SAMPLES + HOP), 0, n_frames, MouthFilter.start())[0]]
     if has_speech(feature_set):
-        from emote.model.motion.diffusion.speech import clip_speech
-
         parts.append(clip_speech(x, n_frames, block, DITHER_TRACK, floor_rms / DITHER_RMS,
                                  context=speech_context(feature_set)))
     return np.concatenate(parts, axis=1)

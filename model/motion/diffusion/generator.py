@@ -52,7 +52,6 @@ from emote.model.motion.diffusion.features import (
     clip_features,
     frame_dim,
     frame_features,
-    has_speech,
     prior_features,
     spectral_set,
     speech_context,
@@ -159,8 +158,8 @@ class DiffusionGenerator:
         self.overlap_frames = cfg.carried
         # Audio of the carried frames before the window, of the lookahead after it, and the analysis margins.
         self.context_ms = 1000.0 * (cfg.carried * _FRAME_SAMPLES + MARGIN_SAMPLES) / SAMPLE_RATE
-        self._speech = has_speech(self.feature_set)
         self._speech_context = speech_context(self.feature_set)
+        self._speech = self._speech_context > 0
         if self._speech:  # a block's speech features encode the seconds before it (features.speech_context)
             self.context_ms = max(self.context_ms, 1000.0 * (self._speech_context * _FRAME_SAMPLES + MARGIN_SAMPLES)
                                   / SAMPLE_RATE)

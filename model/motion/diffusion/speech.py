@@ -14,9 +14,8 @@ with a fixed floor instead of Whisper's "loudest point - 80 dB" (a live stream d
 loudest point). The encoder attends over its whole input, so a frame's numbers depend on the audio
 around it: they are defined per block of the generator's schedule. The features of frames ``b .. b +
 n - 1`` come from one encoding of the ``context`` frames of audio ending with the block (the feature set's,
-:func:`~.features.speech_context`)
-(:func:`frames_speech`); training computes every clip's features block by block from its start
-(:func:`clip_speech`), exactly as a live call does from the stream start.
+:func:`~.features.speech_context`; :func:`frames_speech`); training computes every clip's features block by
+block from its start (:func:`clip_speech`), exactly as a live call does from the stream start.
 """
 
 from __future__ import annotations

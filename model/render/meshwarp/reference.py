@@ -19,13 +19,18 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from emote.model.errors import InputError
 from emote.model.face.image_io import is_grayscale
+from emote.model.face.pose import Similarity
 from emote.model.face.regions import FACE_OVAL, INNER_LIPS, LEFT_EYE, OUTER_LIPS, RIGHT_EYE
+
+if TYPE_CHECKING:
+    from emote.model.face.tracks import FaceTracks
 
 #: Seconds of a reference clip that are read (its first ones).
 REFERENCE_SECONDS = 30.0
@@ -73,9 +78,9 @@ class ReferenceMouths:
     source: str
 
 
-def canonical_shape(landmarks: np.ndarray, similarity: object) -> np.ndarray:
+def canonical_shape(landmarks: np.ndarray, similarity: Similarity) -> np.ndarray:
     """(40,) the inner-lip outline of (478, 3) pixel landmarks in the canonical head frame."""
-    canon = similarity.apply_inverse(np.asarray(landmarks[INNER_LIPS], np.float64))  # type: ignore[attr-defined]
+    canon = similarity.apply_inverse(np.asarray(landmarks[INNER_LIPS], np.float64))
     return canon[:, :2].astype(np.float32).reshape(-1)
 
 
@@ -151,6 +156,31 @@ def measuring_size(frame: np.ndarray) -> np.ndarray:
                                                  interpolation=cv2.INTER_AREA)
 
 
+def measure_clip(path: str | os.PathLike[str], max_seconds: float = REFERENCE_SECONDS) -> tuple[FaceTracks, int]:
+    """Track the face through a clip's first ``max_seconds`` at :func:`measuring_size`, one frame at a time;
+    returns the tracks and how many frames were read (:func:`clip_frames` reads some of them again).
+
+    Raises:
+        InputError: the file cannot be read as a video, or holds no frames.
+    """
+    from emote.model.face.tracks import iter_video_frames, measure_frames
+
+    decoded, fps = iter_video_frames(str(path))
+    n = max(1, int(round(max_seconds * fps)))
+    tracks = measure_frames((measuring_size(f) for f in itertools.islice(decoded, n)), fps)
+    if not len(tracks.landmarks):
+        raise InputError(f"{path}: no video frames could be decoded; give a clip of the person talking")
+    return tracks, n
+
+
+def clip_frames(path: str | os.PathLike[str], wanted: set[int], n: int) -> dict[int, np.ndarray]:
+    """The frames ``wanted`` of a clip's first ``n``, as decoded (full size), by index."""
+    from emote.model.face.tracks import iter_video_frames
+
+    decoded, _ = iter_video_frames(str(path))
+    return {t: f for t, f in enumerate(itertools.islice(decoded, n)) if t in wanted}
+
+
 def reference_mouths(path: str | os.PathLike[str], max_seconds: float = REFERENCE_SECONDS) -> ReferenceMouths:
     """Measure a reference clip (a video of the portrait's person talking) and keep its open mouths.
 
@@ -160,17 +190,9 @@ def reference_mouths(path: str | os.PathLike[str], max_seconds: float = REFERENC
     Raises:
         InputError: the file cannot be read as a video, or shows too few open mouths.
     """
-    from emote.model.face.tracks import iter_video_frames, measure_frames
-
-    decoded, fps = iter_video_frames(str(path))
-    n = max(1, int(round(max_seconds * fps)))
-    tracks = measure_frames((measuring_size(f) for f in itertools.islice(decoded, n)), fps)
-    if not len(tracks.landmarks):
-        raise InputError(f"{path}: no video frames could be decoded; give a clip of the person talking")
+    tracks, n = measure_clip(path, max_seconds)
     chosen, shapes = choose_mouths(tracks.landmarks, str(path))
-    wanted = set(chosen.tolist())
-    again, _ = iter_video_frames(str(path))
-    frames = {t: measuring_size(f) for t, f in enumerate(itertools.islice(again, n)) if t in wanted}
+    frames = {t: measuring_size(f) for t, f in clip_frames(path, set(chosen.tolist()), n).items()}
     return crop_mouths(frames, tracks.landmarks, chosen, shapes, str(path))
 
 
@@ -234,7 +256,7 @@ class MouthBank:
     strip: np.ndarray
     loops: np.ndarray
     shapes: np.ndarray
-    similarity: object
+    similarity: Similarity
 
     @property
     def own(self) -> int:
