@@ -1,12 +1,17 @@
 """`make eval`: run `emote eval` over the team's real talking videos and record the summary.
 
-Usage: ``python -m bench.eval [--videos DIR] [--out DIR] [--write BENCHMARKS.md] [--motion baseline,still]``,
+Usage: ``python -m bench.eval [--videos DIR] [--out DIR] [--write BENCHMARKS.md] [--motion diffusion,baseline,still]
+[--all]``,
 or ``python -m bench.eval --renderer ...`` for the self-reenactment benchmark of the renderer
 (:mod:`emote.evaluation.reenact`), recorded between its own ``reenact:start``/``reenact:end`` markers.
 The videos folder defaults to ``../shared/data/videos`` beside the repository; when it is absent
 (a user's machine, a fresh clone without the shared data) this says so and exits cleanly. The
 summary table (each generator, the real videos, and the re-encode calibration row) replaces the
 section between the ``eval:start``/``eval:end`` markers of the benchmarks file.
+
+The shipped motion model was trained on some of these videos: unless ``--all`` is given, only the
+videos it was not trained on are evaluated (the training side of its split, kept beside its weights
+as ``split.json``, names videos by content hash), so every row is measured on the same unseen videos.
 """
 
 from __future__ import annotations
@@ -22,6 +27,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- eval:start -->", "<!-- eval:end -->"
 RENDERER_MARKERS = ("<!-- reenact:start -->", "<!-- reenact:end -->")
+SPLIT = ROOT / "model" / "weights" / "motion_diffusion" / "split.json"
+
+
+def unseen_videos(folder: Path, split: Path = SPLIT) -> tuple[list[Path], int]:
+    """The videos of ``folder`` that the shipped motion model was not trained on, and how many it was."""
+    import json
+
+    from emote.evaluation.run import find_videos
+    from emote.model.motion.diffusion.dataset import content_hash
+
+    people = json.loads(split.read_text())["people"]
+    trained = {v for person in people.values() if person["side"] == "train" for v in person["videos"]}
+    videos = find_videos([str(folder)])
+    unseen = [v for v in videos if content_hash(v) not in trained]
+    return unseen, len(videos) - len(unseen)
 
 
 def _commit() -> str:
@@ -49,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.eval")
     parser.add_argument("--videos", default=str(ROOT.parent / "shared" / "data" / "videos"))
     parser.add_argument("--out", default=str(ROOT / "out" / "eval"))
-    parser.add_argument("--motion", default="baseline,still")
+    parser.add_argument("--motion", default="diffusion,baseline,still")
+    parser.add_argument("--all", action="store_true", help="also the videos the shipped motion model was trained on")
     parser.add_argument("--write", default=None, help="markdown file to record the summary in")
     parser.add_argument("--renderer", action="store_true", help="the renderer's self-reenactment benchmark instead")
     args = parser.parse_args(argv)
@@ -64,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     generators = [g for g in args.motion.split(",") if g]
-    reports, summary = run_eval([str(videos)], args.out, generators, progress=lambda m: print(m, file=sys.stderr))
+    chosen, trained = ([videos], 0) if args.all else unseen_videos(videos)
+    reports, summary = run_eval([str(v) for v in chosen], args.out, generators,
+                                progress=lambda m: print(m, file=sys.stderr))
     wall = time.perf_counter() - t0
     ok = [r for r in reports if r.error is None]
     body = "\n".join([
@@ -73,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         f"- Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; commit {_commit()}; "
         f"{platform.processor() or platform.machine()}, Python {platform.python_version()}",
         f"- Videos: `{videos.name}/` ({len(ok)} evaluated, {len(reports) - len(ok)} skipped); "
-        f"wall time {wall:.0f} s ({wall / max(len(reports), 1):.1f} s per video)",
+        f"wall time {wall:.0f} s ({wall / max(len(reports), 1):.1f} s per video)"
+        + (f"; the {trained} videos the shipped motion model was trained on are left out (`--all` keeps them)"
+           if trained else ""),
         "- Rows: `real` is the real videos measured on their own; `reencode (calibration)` is the real frames "
         "through our encoder, the ceiling of every metric; `still` never moves, the floor.",
         "",

@@ -53,6 +53,7 @@ from bench.live_stats import (
     summarize_call,
     thread_cores,
 )
+from emote.model.motion.registry import DEFAULT_GENERATOR
 
 REPO = Path(__file__).resolve().parent.parent
 FPS = 25.0
@@ -96,7 +97,7 @@ class LiveResults:
     phases: list[dict[str, Any]] = field(default_factory=list)
     reference: dict[str, float] = field(default_factory=dict)  # offline render of the agent speech
     lead_s: float = 0.0  # the generator's designed lip lead (model.motion.baseline.generator.LEAD_S)
-    motion: str = "baseline"  # the server's motion generator (emote serve --motion)
+    motion: str = DEFAULT_GENERATOR  # the server's motion generator (emote serve --motion)
     wall_s: float = 0.0
 
 
@@ -133,7 +134,7 @@ def utterances(min_seconds: float) -> tuple[list[np.ndarray], list[float]]:
 
 
 def reference_offset(portrait: Path, said: list[np.ndarray], pauses: list[float], box: tuple[int, ...],
-                     seconds: float, motion: str = "baseline") -> dict[str, float]:
+                     seconds: float, motion: str = DEFAULT_GENERATOR) -> dict[str, float]:
     """The A/V offset of an offline render of the agent's speech, measured as at the peer."""
     from bench.stages import make_motion
     from emote.model.render.registry import make_renderer, prepare_portrait
@@ -175,7 +176,8 @@ def _log_file(path: Path) -> Any:
     return path.open("wb")
 
 
-async def start_server(tmp: Path, env: dict[str, str], max_sessions: int, motion: str = "baseline") -> tuple[Any, str]:
+async def start_server(tmp: Path, env: dict[str, str], max_sessions: int,
+                       motion: str = DEFAULT_GENERATOR) -> tuple[Any, str]:
     cmd = [sys.executable, "-m", "bench.live_server", str(tmp / "server-timings.json"), "--port", "0",
            "--max-sessions", str(max_sessions), "--data-dir", str(tmp / "data"), "--motion", motion]
     with _log_file(tmp / "server.log") as stderr:
@@ -327,7 +329,7 @@ async def _run(res: LiveResults, tmp: Path, phases: tuple[Phase, ...]) -> None:
             phase.pop("raw")
 
 
-def run_live(quick: bool, motion: str = "baseline") -> LiveResults:
+def run_live(quick: bool, motion: str = DEFAULT_GENERATOR) -> LiveResults:
     """Measure the live server on this machine (see the module docstring).
 
     About 2 minutes (40 s with ``quick``); a full run on a busy machine waits up to

@@ -46,6 +46,7 @@ from bench.stages import (
     time_motion,
     time_prepare,
 )
+from emote.model.motion.registry import DEFAULT_GENERATOR
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -245,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", metavar="FILE", help="replace the generated section of this markdown file")
     parser.add_argument("--quick", action="store_true", help="smoke run: 10 s of speech, fewer repetitions")
     parser.add_argument("--only", choices=("offline", "live"), help="run one part; --write replaces only its section")
-    parser.add_argument("--motion", default="baseline", help="the live server's motion generator (serve --motion)")
+    parser.add_argument("--motion", default=DEFAULT_GENERATOR,
+                        help="the live server's motion generator (serve --motion)")
     args = parser.parse_args(argv)
     # -- the live part (bench.live) -------------------------------------------------------------
     from bench.live import run_live

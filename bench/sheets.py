@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from emote.model.motion.registry import DEFAULT_GENERATOR
+
 ROOT = Path(__file__).resolve().parents[1]
 
 #: (case, portrait, audio) under the shared data folder.
@@ -69,7 +71,8 @@ def sheet_for_case(name: str, portrait: Path, audio: Path, motions: list[str], o
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.sheets")
-    parser.add_argument("--motion", default="baseline", help="comma-separated generators (NAME or NAME=FOLDER)")
+    parser.add_argument("--motion", default=f"{DEFAULT_GENERATOR},baseline",
+                        help="comma-separated generators (NAME or NAME=FOLDER)")
     parser.add_argument("--out", default=str(ROOT / "out" / "sheets"))
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     args = parser.parse_args(argv)

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from emote.model.motion.registry import DEFAULT_GENERATOR
+
 if TYPE_CHECKING:
     from emote.model.motion.interface import MotionChunk
 
@@ -98,7 +100,7 @@ def time_prepare(portrait: Path, reps: int) -> Timing:
 
 
 def make_motion(
-    audio16k: np.ndarray, rest: np.ndarray, fps: float = 25.0, motion: str = "baseline"
+    audio16k: np.ndarray, rest: np.ndarray, fps: float = 25.0, motion: str = DEFAULT_GENERATOR
 ) -> tuple[np.ndarray, np.ndarray, list[float]]:
     """Motion for ``audio16k`` as the offline pipeline makes it.
 

@@ -56,8 +56,13 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("landmark_error", "landmark error", "max"),
     ("lips_landmark_error", "lips landmark error", "max"),
     ("eyes_landmark_error", "eyes landmark error", "max"),
+    ("identity_real", "identity dist, real", "max"),
+    ("identity_rendered", "identity dist, rendered", "max"),
+    ("identity_to_real", "identity dist, rendered to real", "max"),
     ("render_ms_per_frame", "ms/frame", "max"),
 ]
+#: Frames per video whose identity is measured (dlib, ~120 ms each), spread evenly over the scored ones.
+IDENTITY_FRAMES = 10
 
 
 @dataclass
@@ -123,13 +128,13 @@ def _landmark_errors(real: np.ndarray, rendered: np.ndarray, shifts: np.ndarray)
             "eyes_landmark_error": dist[:, EYES].mean(axis=1)}
 
 
-_Scored = tuple[list[np.ndarray], np.ndarray, dict[str, np.ndarray], np.ndarray, float]
+_Scored = tuple[list[np.ndarray], np.ndarray, dict[str, np.ndarray], np.ndarray, float, np.ndarray]
 
 
 def _render_scored(session: Any, pose: np.ndarray, coeffs: np.ndarray, real: list[np.ndarray], tracks: FaceTracks,
                    seen: np.ndarray, size: tuple[int, int], upto: int) -> _Scored:
     """Render frames ``0 .. upto - 1`` and score them: (rendered, used frames, per-frame metrics of those,
-    shifts (upto, 2), seconds spent rendering)."""
+    shifts (upto, 2), seconds spent rendering, the rendered frames' landmarks (upto, 478, 3))."""
     import time
 
     rendered, spent = [], 0.0
@@ -151,7 +156,28 @@ def _render_scored(session: Any, pose: np.ndarray, coeffs: np.ndarray, real: lis
             scores.setdefault(key, []).append(value)
     per_frame = {k: np.array(v) for k, v in scores.items()}
     per_frame |= _landmark_errors(tracks.landmarks[used], again.landmarks[used], shifts[used])
-    return rendered, used, per_frame, shifts, spent
+    return rendered, used, per_frame, shifts, spent, again.landmarks
+
+
+def _identities(real: list[np.ndarray], rendered: list[np.ndarray], tracks: FaceTracks, again: np.ndarray,
+                used: np.ndarray) -> dict[str, float]:
+    """Identity distances on :data:`IDENTITY_FRAMES` scored frames: the real and the rendered frame each to
+    the portrait (frame 0), and the rendered frame to the real one it re-enacts.
+
+    The same motion drives both, so ``identity_rendered`` against ``identity_real`` says how much of a
+    generated video's identity distance the renderer adds and how much any real motion brings with it.
+    """
+    from emote.model.face.identity import FaceEmbedder, evenly_spaced, identity_distance
+
+    embedder = FaceEmbedder()
+    portrait = embedder.embed(real[0], tracks.landmarks[0])
+    out: dict[str, list[float]] = {"identity_real": [], "identity_rendered": [], "identity_to_real": []}
+    for i in used[evenly_spaced(len(used), IDENTITY_FRAMES)]:
+        a, b = embedder.embed(real[i], tracks.landmarks[i]), embedder.embed(rendered[i], again[i])
+        out["identity_real"].append(identity_distance(a, portrait))
+        out["identity_rendered"].append(identity_distance(b, portrait))
+        out["identity_to_real"].append(identity_distance(b, a))
+    return {k: float(np.mean(v)) for k, v in out.items()}
 
 
 def reenact_video(video: Path, out_dir: Path, *, reference: bool = False, progress: ProgressFn | None = None
@@ -195,13 +221,14 @@ def reenact_video(video: Path, out_dir: Path, *, reference: bool = False, progre
     session = renderer.session(prepare_portrait(portrait, full_frame=True, renderer=renderer))
     say(f"{video.name}: rendering and comparing")
     try:
-        rendered, used, per_frame, shifts, spent = _render_scored(session, pose, coeffs, real, tracks, seen, size,
-                                                                  len(real))
+        rendered, used, per_frame, shifts, spent, again = _render_scored(session, pose, coeffs, real, tracks, seen,
+                                                                         size, len(real))
     except InputError as exc:
         raise InputError(f"{video.name}: {exc}") from None
     report = ReenactReport(video=str(video))
     report.metrics = {k: float(np.nanmean(v)) for k, v in per_frame.items()}
     report.metrics |= {"render_ms_per_frame": 1000.0 * spent / len(rendered), "frames": float(len(used))}
+    report.metrics |= _identities(real, rendered, tracks, again, used)
     report.per_frame = {"frame": used.tolist()} | {k: np.round(v, 4).tolist() for k, v in per_frame.items()}
     columns, titles = [real, rendered], ["real", "rendered"]
     if reference:
@@ -211,7 +238,7 @@ def reenact_video(video: Path, out_dir: Path, *, reference: bool = False, progre
             mouths = select_mouths(real[half:], tracks.landmarks[half:], "its second half")
             with_ref = make_renderer(reference=mouths)
             ref_session = with_ref.session(prepare_portrait(portrait, full_frame=True, renderer=with_ref))
-            ref_rendered, ref_used, ref_frame, _, _ = _render_scored(ref_session, pose, coeffs, real, tracks, seen,
+            ref_rendered, ref_used, ref_frame, _, _, _ = _render_scored(ref_session, pose, coeffs, real, tracks, seen,
                                                                      size, half)
         except InputError as exc:  # the video is still scored without a reference
             report.half = {"error": str(exc)}
@@ -259,7 +286,7 @@ def summary_markdown(reports: list[ReenactReport]) -> str:
                                                    for r in mouths) + "."]
     halves = [r for r in ok if "reference" in r.half]
     if halves:
-        keys = [c for c in COLUMNS if c[0] != "render_ms_per_frame"]
+        keys = [c for c in COLUMNS if c[0] != "render_ms_per_frame" and not c[0].startswith("identity")]
         lines += ["", f"With real mouth interiors ({len(halves)} videos): each video's first half re-enacted again "
                   "with the open mouths of its second half as the reference clip (`emote render --reference`), both "
                   "renders scored on the same frames of the first half; mean over videos (worst video in brackets).",

@@ -93,12 +93,14 @@ def _video_metrics(
     ``reference`` identity embedding belong to the portrait.
     """
     from emote.evaluation.image_quality import video_brisque
-    from emote.model.face.identity import identity_drift
+    from emote.model.face.identity import frames_near_pose, identity_drift
 
     n = len(tracks)
     angles = em.head_pose_curves(tracks.landmarks)
     spread, speed = em.pose_spread_speed(angles, fps)  # (3,) each: yaw, pitch, roll
     drift = identity_drift(frames, tracks, reference, k=SAMPLED_FRAMES, embedder=embedder)
+    near = frames_near_pose(angles, SAMPLED_FRAMES, skip=int(round(fps)), spacing=int(round(fps / 2)))
+    at_pose = identity_drift(frames, tracks, reference, embedder=embedder, indices=near)
     # The lag is only meaningful where audio and mouth changes correlate at all (a mouth that
     # does not move ties every lag at r = 0, and the tie would read as a perfect lag of 0).
     lag_r = em.audio_mouth_correlations(envelope[:n], tracks.mouth_opening)
@@ -116,6 +118,7 @@ def _video_metrics(
         "identity_mean": drift.mean,
         "identity_worst": drift.worst,
         "identity_drift": drift.late - drift.early,
+        "identity_at_pose": at_pose.mean,
     }
     for axis, k in (("yaw", 0), ("pitch", 1), ("roll", 2)):
         out[f"{axis}_spread_deg"] = float(spread[k])
@@ -223,6 +226,7 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("yaw_speed_deg_s", "yaw speed °/s", "min"),
     ("expression_change", "expression change", "min"),
     ("identity_mean", "identity dist", "max"),
+    ("identity_at_pose", "identity dist, head as in portrait", "max"),
     ("identity_worst", "identity worst", "max"),
     ("identity_drift", "identity drift", "max"),
     ("background_change", "background change", "max"),

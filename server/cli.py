@@ -67,7 +67,7 @@ def _add_motion_option(p: argparse.ArgumentParser, *, several: bool = False) -> 
 
     names = ", ".join(generator_names())
     if several:
-        default = f"{DEFAULT_GENERATOR},still"
+        default = ",".join(dict.fromkeys([DEFAULT_GENERATOR, "baseline", "still"]))
         p.add_argument("--motion", default=default,
                        help=f"comma-separated motion generators to compare ({names}; default {default})")
     else:

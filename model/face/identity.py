@@ -195,6 +195,7 @@ def identity_drift(
     *,
     k: int = 16,
     embedder: FaceEmbedder | None = None,
+    indices: np.ndarray | None = None,
 ) -> IdentityDrift:
     """Identity distance to ``reference`` on ``k`` frames sampled evenly from a video.
 
@@ -204,6 +205,7 @@ def identity_drift(
         reference: (128,) embedding of the real person, e.g. ``FaceEmbedder().embed(portrait, landmarks)``.
         k: how many frames to embed (about 120 ms each on this project's 2-core machines).
         embedder: a loaded embedder to reuse; None loads one.
+        indices: the frames to embed instead of ``k`` evenly spaced ones (e.g. :func:`frames_near_pose`).
 
     Raises:
         ValueError: frames and tracks differ in length.
@@ -212,7 +214,7 @@ def identity_drift(
     if len(frames) != len(tracks):
         raise ValueError(f"{len(frames)} frames but face tracks for {len(tracks)}")
     embedder = embedder or FaceEmbedder()
-    indices = evenly_spaced(len(frames), k)
+    indices = evenly_spaced(len(frames), k) if indices is None else np.asarray(indices, np.int64)
     distances = np.full(len(indices), np.nan, np.float32)
     for j, i in enumerate(indices):
         landmarks = tracks.landmarks[i]
@@ -229,3 +231,37 @@ def identity_drift(
         late=_nanmean(distances[-tenth:]),
         missing=int(len(distances) - len(finite)),
     )
+
+
+def frames_near_pose(angles: np.ndarray, k: int, *, skip: int, spacing: int) -> np.ndarray:
+    """Up to ``k`` frames whose head pose is closest to the first frame's, at least ``spacing`` apart.
+
+    Identity distance rises when a real person turns or tips their head (the embedding sees a
+    different view), so a generator that moves the head like a real speaker scores worse than one
+    that barely moves, however well its renderer keeps the person. Measured on frames whose head is
+    as in the portrait (the video's first frame), the distance says what the renderer did to the face.
+
+    Args:
+        angles: (T, 3) yaw, pitch, roll in degrees per frame (NaN where no face), frame 0 the portrait's pose.
+        k: how many frames to pick.
+        skip: frames at the start never picked (a render's first frames are the portrait itself).
+        spacing: the least distance in frames between two picks (neighbouring frames say the same).
+
+    Returns:
+        (≤ k,) int64 frame indices, increasing; empty when no frame qualifies.
+    """
+    a = np.asarray(angles, np.float64)
+    if a.ndim != 2 or a.shape[1] != 3:
+        raise ValueError(f"expected (T, 3) head angles, got {a.shape}")
+    if len(a) == 0 or not np.isfinite(a[0]).all():
+        return np.zeros(0, np.int64)
+    deviation = np.abs(a - a[0]).max(axis=1)
+    order = [int(i) for i in np.argsort(np.where(np.isfinite(deviation), deviation, np.inf), kind="stable")
+             if i >= skip and np.isfinite(deviation[i])]
+    picked: list[int] = []
+    for i in order:
+        if len(picked) == k:
+            break
+        if all(abs(i - j) >= spacing for j in picked):
+            picked.append(i)
+    return np.array(sorted(picked), np.int64)

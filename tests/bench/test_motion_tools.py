@@ -55,3 +55,20 @@ def test_sheets_exit_cleanly_without_the_shared_data(tmp_path: Path, capsys: pyt
     assert sheets.main(["--data", str(tmp_path / "absent"), "--out", str(tmp_path / "out")]) == 0
     assert "not found" in capsys.readouterr().out
     assert not (tmp_path / "out").exists()
+
+
+def test_make_eval_leaves_out_the_videos_the_shipped_model_trained_on(tmp_path: Path) -> None:
+    import json
+
+    from bench.eval import SPLIT, unseen_videos
+    from emote.model.motion.diffusion.dataset import content_hash
+
+    for name in ("seen.mp4", "unseen.mp4", "validation.mp4"):
+        (tmp_path / name).write_bytes(name.encode() * 100)
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"people": {
+        "a": {"side": "train", "videos": [content_hash(tmp_path / "seen.mp4")]},
+        "b": {"side": "validation", "videos": [content_hash(tmp_path / "validation.mp4")]}}}))
+    unseen, trained = unseen_videos(tmp_path, split)
+    assert [v.name for v in unseen] == ["unseen.mp4", "validation.mp4"] and trained == 1
+    assert SPLIT.is_file()  # the shipped weights' own split

@@ -89,6 +89,8 @@ def test_the_renderer_reenacts_its_own_video(talking: Path, tmp_path: Path) -> N
     assert m["frames"] > 50
     assert m["face_ssim"] > 0.85 and m["mouth_ssim"] > 0.8 and m["face_psnr"] > 25
     assert m["landmark_error"] < 0.03
+    # The video is itself a render of this face: re-enacted, it stays the same person as the real frames.
+    assert 0 < m["identity_to_real"] < 0.2 and abs(m["identity_rendered"] - m["identity_real"]) < 0.1
     for key in ("side_by_side", "worst_mouths"):
         assert Path(report["files"][key]).stat().st_size > 10_000
     # The first frame held still is much further from the talking mouth than the re-enactment, frame by frame.

@@ -83,6 +83,7 @@ def test_known_answers(evaluated) -> None:  # type: ignore[no-untyped-def]
     assert m["baseline"]["lip_sync_r"] > 0.5
     assert m["baseline"]["lip_sync_r"] - m["still"]["lip_sync_r"] > 0.5
     assert m["baseline"]["identity_mean"] < 0.45
+    assert m["baseline"]["identity_at_pose"] < 0.45 and m["real"]["identity_at_pose"] >= 0
 
 
 def test_bad_videos_are_reported_and_the_run_goes_on(evaluated) -> None:  # type: ignore[no-untyped-def]

@@ -81,7 +81,8 @@ def find_videos(inputs: list[str | Path]) -> list[Path]:
     return found
 
 
-def _sha(path: Path) -> str:
+def content_hash(path: Path) -> str:
+    """The first 16 hex digits of the file's SHA-256: how the dataset and its split name a video."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -226,7 +227,7 @@ def build_dataset(
         say("dlib's face models are not installed (the eval extra): people are told apart by file name")
     records: list[VideoRecord] = []
     for i, path in enumerate(videos, 1):
-        sha = _sha(path)
+        sha = content_hash(path)
         record = known.get(sha)
         clip_file = out / "clips" / f"{sha}.npz"
         if record is None or (record.status == "ok" and not clip_file.exists()):

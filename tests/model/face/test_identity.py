@@ -22,6 +22,7 @@ from emote.model.face.identity import (
     FaceEmbedder,
     evenly_spaced,
     face_box_from_landmarks,
+    frames_near_pose,
     identity_distance,
     identity_drift,
 )
@@ -115,6 +116,22 @@ def test_evenly_spaced() -> None:
     assert len(picks) == 16 and picks[0] == 0 and picks[-1] == 999 and (np.diff(picks) > 0).all()
 
 
+def test_frames_near_pose_picks_the_portraits_pose_spread_out() -> None:
+    t = np.arange(100, dtype=np.float64)
+    angles = np.stack([10 * np.sin(t / 8), np.zeros(100), np.zeros(100)], axis=1)  # yaw swings through 0
+    angles[50] = np.nan
+    picks = frames_near_pose(angles, 4, skip=5, spacing=10)
+    assert len(picks) == 4 and (np.diff(picks) >= 10).all() and picks.min() >= 5
+    assert 50 not in picks.tolist()
+    assert np.abs(angles[picks, 0]).max() < 2.0  # near the zero crossings, where the head is as at frame 0
+    # A head that only ever turns away: the least-turned frames, still spaced.
+    away = np.stack([t, t, t], axis=1)
+    assert frames_near_pose(away, 3, skip=0, spacing=5).tolist() == [0, 5, 10]
+    assert frames_near_pose(np.full((10, 3), np.nan), 3, skip=0, spacing=1).tolist() == []
+    with pytest.raises(ValueError, match=r"\(T, 3\) head angles"):
+        frames_near_pose(np.zeros((10, 2)), 3, skip=0, spacing=1)
+
+
 def test_identity_drift_rises_when_the_face_changes(embedder: FaceEmbedder) -> None:
     ast, hop = _analysis("astronaut"), _analysis("hopper")
     size = ast.image.shape[:2]
@@ -129,6 +146,8 @@ def test_identity_drift_rises_when_the_face_changes(embedder: FaceEmbedder) -> N
     assert drift.missing == 1 and np.isnan(drift.distances[1])
     assert drift.early < 0.05 and drift.late > 0.55 and drift.worst >= drift.late
     assert drift.mean == pytest.approx(np.nanmean(drift.distances), rel=1e-5)
+    chosen = identity_drift(frames, tracks, _embedding("astronaut"), embedder=embedder, indices=np.array([0, 2]))
+    assert chosen.frame_indices.tolist() == [0, 2] and chosen.worst < 0.05
     with pytest.raises(ValueError, match="6 frames but face tracks for 5"):
         identity_drift(frames, FaceTracks(landmarks[:5], tracks.coeffs[:5], 25.0), _embedding("astronaut"))
 
