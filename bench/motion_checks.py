@@ -9,7 +9,8 @@ Three checks of issue 10's streaming promises, on the benchmark speech (:mod:`be
   the last minute must agree within the spread between real speakers (the per-person means of the
   dataset's training people, when ``--dataset`` is given).
 - **silence**: a minute of silence gives a closed mouth and a face that still lives (blinks, small head
-  motion), neither frozen nor drifting away.
+  motion), neither frozen nor drifting away, nor drowsy: how often and how long the lids stay half shut
+  or more, and how far the gaze falls, against the training people's own silent stretches.
 
 Writes a markdown section (between ``motion-checks`` markers) when ``--write`` is given.
 """
@@ -29,6 +30,49 @@ from emote.model.motion.interface import COEFF_INDEX, MotionChunk
 START, END = "<!-- motion-checks:start -->", "<!-- motion-checks:end -->"
 FPS = 25.0
 _JAW, _BLINK = COEFF_INDEX["jawOpen"], (COEFF_INDEX["eyeBlinkLeft"], COEFF_INDEX["eyeBlinkRight"])
+_DOWN = (COEFF_INDEX["eyeLookDownLeft"], COEFF_INDEX["eyeLookDownRight"])
+#: Lids at or past this closure count as (half) shut; a blink passes it for ~0.1-0.2 s.
+HALF_SHUT = 0.5
+#: A stretch of a real video counts as silent from this many frames of audio 30 dB under its loud frames.
+SILENT_RUN = 13
+
+
+def eyes(coeffs: np.ndarray) -> dict[str, float]:
+    """Lids and gaze of (T, 52) coefficients: share of frames half shut or more, the longest such run in
+    seconds, and the mean of eyeLookDown (gaze falling)."""
+    shut = coeffs[:, list(_BLINK)].mean(axis=1) >= HALF_SHUT
+    longest, run = 0, 0
+    for s in shut:
+        run = run + 1 if s else 0
+        longest = max(longest, run)
+    return {"shut_share": float(shut.mean()) if len(shut) else float("nan"), "longest_shut_s": longest / FPS,
+            "gaze_down": float(coeffs[:, list(_DOWN)].mean()) if len(coeffs) else float("nan")}
+
+
+def real_silences(dataset: Path | None) -> dict[str, float]:
+    """:func:`eyes` over the training people's silent stretches (NaN without data)."""
+    if dataset is None or not (dataset / "split.json").exists():
+        return dict.fromkeys(("shut_share", "longest_shut_s", "gaze_down", "seconds"), float("nan"))
+    from emote.model.motion.diffusion.dataset import dataset_clips
+
+    runs = []
+    for _person, clip in dataset_clips(dataset, "train"):
+        n = len(clip.coeffs)
+        per = len(clip.audio) // max(n, 1)
+        audio = clip.audio[: n * per].astype(np.float64).reshape(n, per)
+        level = 10 * np.log10((audio**2).mean(axis=1) + 1e-18)
+        quiet = level < np.percentile(level, 95) - 30
+        silent = np.convolve(quiet, np.ones(SILENT_RUN), "same") >= SILENT_RUN
+        edges = np.flatnonzero(np.diff(np.r_[0, silent.astype(np.int8), 0]))
+        runs += [clip.coeffs[a:b] for a, b in zip(edges[::2], edges[1::2], strict=True)]
+    stats = [eyes(r) for r in runs]
+    frames = np.array([len(r) for r in runs], np.float64)
+    if not runs:
+        return dict.fromkeys(("shut_share", "longest_shut_s", "gaze_down", "seconds"), float("nan"))
+    return {"shut_share": float(np.average([s["shut_share"] for s in stats], weights=frames)),
+            "longest_shut_s": max(s["longest_shut_s"] for s in stats),
+            "gaze_down": float(np.average([s["gaze_down"] for s in stats], weights=frames)),
+            "seconds": float(frames.sum() / FPS)}
 
 
 def motion_for(name: str, audio16k: np.ndarray, seed: int = 0) -> MotionChunk:
@@ -108,8 +152,9 @@ def run(name: str, dataset: Path | None, minutes: float = 10.0) -> dict[str, Any
         "generator": name, "block": block, "seams": seams(motion, block),
         "first_minute": statistics(MotionChunk(0, FPS, long.pose[:n], long.coeffs[:n])),
         "last_minute": statistics(MotionChunk(0, FPS, long.pose[-n:], long.coeffs[-n:])),
-        "minutes": minutes, "real_spread": real_speaker_spread(dataset),
-        "silence": {**statistics(quiet), "jaw_max": float(quiet.coeffs[:, _JAW].max()),
+        "minutes": minutes, "real_spread": real_speaker_spread(dataset), "real_silences": real_silences(dataset),
+        "speech_eyes": eyes(motion.coeffs),
+        "silence": {**statistics(quiet), **eyes(quiet.coeffs), "jaw_max": float(quiet.coeffs[:, _JAW].max()),
                     "head_speed_deg_s": float(np.abs(np.diff(quiet.pose[:, :3], axis=0)).mean() * FPS),
                     "last_10s_yaw_std": float(quiet.pose[-250:, 0].std())},
     }
@@ -141,13 +186,23 @@ def section(results: list[dict[str, Any]]) -> str:
     if spread:
         lines.append(f"| real speakers (spread of means) | – | {spread['yaw_mean']:.2f} | {spread['pitch_mean']:.2f} "
                      f"| {spread['roll_mean']:.2f} | {spread['yaw_std']:.2f} | {spread['jaw_mean']:.3f} | – |")
-    lines += ["", "Silence: a minute of digital silence.", "",
-              "| generator | jawOpen max | blinks/min | yaw std ° | head speed °/s | yaw std of the last 10 s ° |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", f"Silence: a minute of digital silence (portrait rest all zeros). Lids: share of frames at least "
+              f"{HALF_SHUT:g} shut and the longest such stretch; gaze down: mean eyeLookDown (the speech minute's "
+              "in brackets). The last row: the training people's own silent stretches (at least "
+              f"{SILENT_RUN / FPS:.1f} s of audio 30 dB under their loud frames), whose coefficients include their "
+              "own rest (the generators' start from zeros), so its gaze is an upper bound for a change.", "",
+              "| generator | jawOpen max | blinks/min | yaw std ° | head speed °/s | yaw std of the last 10 s ° | "
+              "lids shut | longest shut s | gaze down |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        q = r["silence"]
+        q, e = r["silence"], r["speech_eyes"]
         lines.append(f"| {r['generator']} | {q['jaw_max']:.3f} | {q['blinks_per_min']:.1f} | {q['yaw_std']:.2f} | "
-                     f"{q['head_speed_deg_s']:.2f} | {q['last_10s_yaw_std']:.2f} |")
+                     f"{q['head_speed_deg_s']:.2f} | {q['last_10s_yaw_std']:.2f} | {q['shut_share']:.3f} "
+                     f"({e['shut_share']:.3f}) | {q['longest_shut_s']:.2f} ({e['longest_shut_s']:.2f}) | "
+                     f"{q['gaze_down']:.3f} ({e['gaze_down']:.3f}) |")
+    real = results[0]["real_silences"] if results else {}
+    if real and np.isfinite(real.get("seconds", np.nan)):
+        lines.append(f"| real silences ({real['seconds']:.0f} s) | – | – | – | – | – | {real['shut_share']:.3f} | "
+                     f"{real['longest_shut_s']:.2f} | {real['gaze_down']:.3f} |")
     return "\n".join(lines + ["", END]) + "\n"
 
 

@@ -71,7 +71,7 @@ def sheet_for_case(name: str, portrait: Path, audio: Path, motions: list[str], o
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.sheets")
-    parser.add_argument("--motion", default=f"{DEFAULT_GENERATOR},baseline",
+    parser.add_argument("--motion", default=",".join(dict.fromkeys([DEFAULT_GENERATOR, "baseline", "diffusion"])),
                         help="comma-separated generators (NAME or NAME=FOLDER)")
     parser.add_argument("--out", default=str(ROOT / "out" / "sheets"))
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))

@@ -230,7 +230,11 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _render(portrait: str, audio: str, args: argparse.Namespace) -> None:
+    from emote.model.motion.registry import usage_notice
     from emote.streaming.offline import render_file
+
+    if notice := usage_notice(args.motion):
+        print(f"emote: motion {args.motion}: {notice}", file=sys.stderr)
 
     progress = _Progress()
     try:
@@ -298,7 +302,7 @@ def _serve(args: argparse.Namespace) -> None:
         import uvicorn
 
         from emote.model.assets import default_portrait_path
-        from emote.model.motion.registry import make_generator
+        from emote.model.motion.registry import make_generator, usage_notice
         from emote.model.render.registry import prepare_portrait
         from emote.server.agent_ws import MAX_AUDIO_MESSAGE_BYTES
         from emote.server.app import create_app
@@ -310,6 +314,8 @@ def _serve(args: argparse.Namespace) -> None:
         prepare_portrait(config.portrait or default_portrait_path(), size=config.size, face_index=0)
         load_vad_model()
         make_generator(config.motion)
+        if notice := usage_notice(config.motion):
+            print(f"emote: motion {config.motion}: {notice}", file=sys.stderr, flush=True)
         sock.listen(128)  # from here, connections wait in the backlog until the server accepts them
     except BaseException:
         sock.close()

@@ -16,17 +16,28 @@ from emote.model.errors import OptionError
 from emote.model.motion.interface import MotionGenerator
 
 #: Name → "module:class". The first entry is the default.
-#: The learned model is the default since 2026-12-07 (BENCHMARKS.md: it beats the baseline on lip sync, head
-#: motion, blinks and expression on people it never saw; its identity distance is what the renderer gives
-#: the people's own real motion).
 GENERATORS: dict[str, str] = {
-    "diffusion": "emote.model.motion.diffusion.generator:DiffusionGenerator",
     "baseline": "emote.model.motion.baseline.generator:BaselineGenerator",
     "still": "emote.model.motion.still:StillGenerator",
+    "diffusion": "emote.model.motion.diffusion.generator:DiffusionGenerator",
 }
 DEFAULT_GENERATOR = next(iter(GENERATORS))
 #: Generators with trained weights: ``NAME=FOLDER`` runs them with other weights (``emote train``'s output).
 LEARNED = frozenset({"diffusion"})
+
+
+#: What a user must know before using a generator's shipped weights (printed by `emote render` and `emote serve`).
+NOTICES: dict[str, str] = {
+    "diffusion": "the learned motion model's shipped weights are for research and non-commercial use only "
+                 "(model/weights/motion_diffusion/MODEL_CARD.md says why); for anything else use --motion baseline "
+                 "or weights you trained on footage you may use (--motion diffusion=FOLDER)",
+}
+
+
+def usage_notice(name: str) -> str | None:
+    """The notice of ``name``'s shipped weights, or None (no notice, or the user's own weights: NAME=FOLDER)."""
+    base, _, folder = name.partition("=")
+    return None if folder else NOTICES.get(base)
 
 
 def generator_names() -> list[str]:

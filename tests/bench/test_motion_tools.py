@@ -72,3 +72,18 @@ def test_make_eval_leaves_out_the_videos_the_shipped_model_trained_on(tmp_path: 
     unseen, trained = unseen_videos(tmp_path, split)
     assert [v.name for v in unseen] == ["unseen.mp4", "validation.mp4"] and trained == 1
     assert SPLIT.is_file()  # the shipped weights' own split
+
+
+def test_eyes_tell_a_drowsy_face_from_blinks() -> None:
+    n = 250
+    coeffs = np.zeros((n, 52), np.float32)
+    lids = [COEFF_INDEX["eyeBlinkLeft"], COEFF_INDEX["eyeBlinkRight"]]
+    for start in range(10, n, 50):  # five blinks of 3 frames
+        coeffs[start : start + 3, lids] = 0.9
+    blinking = motion_checks.eyes(coeffs)
+    assert blinking["shut_share"] == pytest.approx(15 / n) and blinking["longest_shut_s"] == pytest.approx(3 / FPS)
+    coeffs[100:150, lids] = 0.6  # two seconds half shut
+    coeffs[:, COEFF_INDEX["eyeLookDownLeft"]] = coeffs[:, COEFF_INDEX["eyeLookDownRight"]] = 0.5
+    drowsy = motion_checks.eyes(coeffs)
+    assert drowsy["longest_shut_s"] == pytest.approx(2.0) and drowsy["shut_share"] > 0.2
+    assert drowsy["gaze_down"] == pytest.approx(0.5) and blinking["gaze_down"] == 0

@@ -219,7 +219,7 @@ def rendered_tracks() -> tuple[FaceTracks, FaceTracks, np.ndarray]:
         portrait, wav, out = Path(folder, "astronaut.png"), Path(folder, "speech.wav"), Path(folder, "out.mp4")
         cv2.imwrite(str(portrait), cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR))
         write_wav(wav, audio, 16000)
-        render_file(portrait, wav, out, fps=FPS, size=256, seed=1)
+        render_file(portrait, wav, out, fps=FPS, size=256, seed=1, motion="baseline")
         tracks = face_tracks(out)
         frames, fps = read_video_frames(out, max_frames=1)
     frozen = measure_frames([frames[0]] * len(tracks), fps)

@@ -38,7 +38,7 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     speech = d / "speech.wav"
     write_wav(speech, np.concatenate([gap, a, gap]), rate)
     talking = d / "talking.mp4"
-    render_file(portrait, speech, talking, size=256, seed=1)
+    render_file(portrait, speech, talking, size=256, seed=1, motion="baseline")
     silent = d / "silent.mp4"  # video without an audio track
     with av.open(str(talking)) as src, av.open(str(silent), "w") as dst:
         stream = dst.add_stream("libx264", rate=25)

@@ -186,11 +186,10 @@ def test_the_motion_option_chooses_every_sessions_generator(tmp_path: Path) -> N
     from emote.model.errors import OptionError
     from emote.server.cli import build_parser, main, serve_config
 
-    # The learned model is the default (BENCHMARKS.md says why); the analytic one stays a choice.
-    assert serve_config(build_parser().parse_args(["serve"])).motion == "diffusion"
-    assert serve_config(build_parser().parse_args(["serve", "--motion", "baseline"])).motion == "baseline"
+    assert serve_config(build_parser().parse_args(["serve"])).motion == "baseline"
+    assert serve_config(build_parser().parse_args(["serve", "--motion", "diffusion"])).motion == "diffusion"
     assert serve_config(build_parser().parse_args(["serve", "--motion", "still"])).motion == "still"
-    with pytest.raises(OptionError, match=r"--motion 'wobble'.*diffusion, baseline, still"):
+    with pytest.raises(OptionError, match=r"--motion 'wobble'.*baseline, still, diffusion"):
         serve_config(build_parser().parse_args(["serve", "--motion", "wobble"]))
     # The same check guards emote eval before any video is touched.
     assert main(["eval", str(tmp_path), "--motion", "baseline,wobble", "--out", str(tmp_path / "out")]) == 2

@@ -96,6 +96,15 @@ def test_unknown_names_are_refused_with_the_choices() -> None:
         check_generator_name("")
 
 
+def test_shipped_weights_with_terms_carry_a_notice_and_the_users_own_do_not() -> None:
+    from emote.model.motion.registry import usage_notice
+
+    notice = usage_notice("diffusion")
+    assert notice is not None and "non-commercial" in notice and "--motion baseline" in notice
+    assert usage_notice("diffusion=my/run/student") is None
+    assert usage_notice("baseline") is None and usage_notice("still") is None
+
+
 def test_shapes_frame_count_and_ranges(generator: MotionGenerator[Any], talk: np.ndarray) -> None:
     motion = run(generator, talk, 1600)
     assert len(motion) == round(len(talk) / 16000 * FPS)

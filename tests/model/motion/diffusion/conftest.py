@@ -34,7 +34,7 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         write_wav(wav, speech, 16000)
         portrait = default_portrait_path() if name == "grace" else astronaut
         out[name] = folder / f"{name}.mp4"
-        render_file(portrait, wav, out[name], size=256, seed=1)
+        render_file(portrait, wav, out[name], size=256, seed=1, motion="baseline")
     frame = cv2.resize(skimage_data.astronaut(), (256, 256))
     out["mute"] = folder / "mute.mp4"  # no audio track
     with Mp4Writer(out["mute"], 256, 256, 25.0) as writer:
@@ -43,7 +43,7 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out["silent"] = folder / "silent.mp4"  # an audio track of digital silence
     silence = folder / "silence.wav"
     write_wav(silence, np.zeros(32000, np.float32), 16000)
-    render_file(astronaut, silence, out["silent"], size=256)
+    render_file(astronaut, silence, out["silent"], size=256, motion="baseline")
     out["noface"] = folder / "noface.mp4"  # a talking soundtrack over a picture without a face
     with Mp4Writer(out["noface"], 256, 256, 25.0) as writer:
         for _ in range(50):
