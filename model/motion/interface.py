@@ -66,6 +66,20 @@ def coeffs_from_named(scores: dict[str, float]) -> np.ndarray:
     return out
 
 
+#: The coefficients that part the lips. A portrait may be taken mid-word or smiling with its teeth
+#: showing; a generator's rest is that face with these at 0, so silence shows the mouth shut and speech
+#: opens it from shut (a rest that kept them would read speech as the mouth closing).
+LIP_OPENERS: tuple[str, ...] = ("jawOpen", "mouthUpperUpLeft", "mouthUpperUpRight", "mouthLowerDownLeft",
+                                "mouthLowerDownRight")
+
+
+def closed_mouth(rest: np.ndarray) -> np.ndarray:
+    """A copy of the (52,) ``rest`` coefficients with the lips shut (:data:`LIP_OPENERS` at 0)."""
+    out = np.asarray(rest, np.float32).copy()
+    out[[COEFF_INDEX[name] for name in LIP_OPENERS]] = 0.0
+    return out
+
+
 def neutral_pose(n_frames: int) -> np.ndarray:
     """(n_frames, 6) pose array meaning "exactly as in the portrait"."""
     pose = np.zeros((n_frames, N_POSE), np.float32)

@@ -56,7 +56,7 @@ from emote.model.motion.diffusion.features import (
     spectral_set,
     speech_context,
 )
-from emote.model.motion.interface import N_COEFFS, N_POSE, AudioWindow, MotionChunk
+from emote.model.motion.interface import N_COEFFS, N_POSE, AudioWindow, MotionChunk, closed_mouth
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "motion_diffusion"
 SAMPLE_RATE = 16000
@@ -148,6 +148,7 @@ class DiffusionGenerator:
         self.emit = int(gen.get("emit_frames", 2))
         self.lookahead = int(gen.get("lookahead_frames", 1))
         self.sustain = bool(gen.get("sustain_audio", False))
+        self.lips_shut = bool(gen.get("lips_shut_rest", False))  # trained with the portrait's lips shut (run 13 on)
         self.crossfade = bool(gen.get("crossfade_pose", False))
         self.feature_set = str(config.get("features", "mel"))
         sampling = config.get("sampling", {})
@@ -184,7 +185,7 @@ class DiffusionGenerator:
                                   f"the {self.feature_set!r} set its config names; retrain it")
 
     def initial_state(self, rest: np.ndarray, seed: int) -> DiffusionState:
-        rest = np.asarray(rest, np.float32).copy()
+        rest = closed_mouth(rest) if self.lips_shut else np.asarray(rest, np.float32).copy()
         portrait = ((np.zeros(self._mean.shape) - self._mean) / self._std).astype(np.float32)
         return DiffusionState(seed=int(seed), rest=rest, next_frame=0, model_frames=0,
                               carried=np.repeat(portrait[None], self.carried, axis=0),

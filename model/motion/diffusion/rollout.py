@@ -48,7 +48,7 @@ def rollout(model: MotionDenoiser, sampler: WindowSampler, copies: list[Copy], *
     lengths = [len(c.motion) for c in copies]
     mouth = list(sampler.mouth_dims)
     blinks = blink_dims(sampler.active.tolist())
-    rests = [c.motion[int(c.rest_frames[0]), N_POSE:] for c in copies]
+    rests = [sampler.rest_of(c.motion[int(c.rest_frames[0]), N_POSE:]) for c in copies]
     start = np.stack([sampler.delta(np.r_[np.zeros(N_POSE), r], r) for r in rests]).astype(np.float32)
     history = [np.repeat(s[None], k, axis=0) for s in start]
     out: list[list[np.ndarray]] = [[] for _ in copies]
@@ -154,7 +154,8 @@ def evaluate_folder(dataset: str, folder: str, *, side: str = "validation", step
     norm = (model.array("motion_mean"), model.array("motion_std"), model.array("audio_mean"),
             model.array("audio_std"))
     sampler = WindowSampler([[c] for c in copies], model.cfg, model.array("active").astype(np.int64), norm,
-                            clip_features(np.zeros(640, np.float32), 1, mel, feature_set, block=emit)[0])
+                            clip_features(np.zeros(640, np.float32), 1, mel, feature_set, block=emit)[0],
+                            lips_shut=bool(generator.get("lips_shut_rest", False)))
     generated = rollout(model, sampler, copies, emit=emit,
                         lookahead=int(generator.get("lookahead_frames", 1)),
                         sustain=bool(generator.get("sustain_audio", False)), feature_set=feature_set,

@@ -9,13 +9,13 @@
    (denoising, and generating their whole clips free-running from the audio) and kept at the end.
 2. **Pairs**: the teacher samples windows of the training clips with ``DDIMScheduler`` (25 steps,
    trailing spacing, guidance folded in) from seeded noise.
-3. **Student**: the teacher's copy learns to map the same noise straight to the teacher's motion in
-   one step (noise-to-sample "ODE pair" distillation: it keeps the teacher's variety, where a direct
-   one-step regression collapses to the average).
+3. **Student**: the teacher's copy learns to map the same noise straight to the teacher's motion in one step
+   (noise-to-sample "ODE pair" distillation: it keeps the teacher's variety; a direct one-step regression
+   collapses to the average).
 
 Everything is seeded; the run's configuration, loss curves (``curves.png``) and validation metrics
-(``metrics.json``) are written beside the weights (``teacher/`` and ``student/``, each a
-``config.json`` + ``model.safetensors`` that :class:`~.generator.DiffusionGenerator` loads).
+(``metrics.json``) are written beside the weights (``teacher/`` and ``student/``, each a ``config.json`` +
+``model.safetensors`` that :class:`~.generator.DiffusionGenerator` loads).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from emote.model.motion.diffusion.features import clip_features, frame_dim, mel_
 from emote.model.motion.diffusion.prior import PRIOR_L2, TARGET_LAGS, fit_prior, prior_r, prosody_columns
 from emote.model.motion.diffusion.rollout import rollout, rollout_metrics
 from emote.model.motion.diffusion.windows import WindowSampler, prepare_all, statistics
-from emote.model.motion.interface import N_POSE
+from emote.model.motion.interface import COEFF_INDEX, N_POSE
 
 ProgressFn = Callable[[str], None]
 T_MAX = 999
@@ -78,6 +78,7 @@ class TrainConfig:
             (blinks 18.1/min against their real 20.0, 9.2 at 1.0; yaw spread x1.12 of theirs, 0.90 at 1.0).
         blink_noise: the same for the two eyeBlink coefficients, also chosen on the training people's rollouts
             (BENCHMARKS.md, run 10): at 1.25 the blinks are too shallow to render shut.
+        lips_shut_rest: the portrait's lip openers count as 0 (:mod:`~.windows`; run 13 on; the generator too).
 
     The articulation (jaw and mouth coefficients) is sampled from the centre of the noise (its noise is
     0, the rest of the motion's is random): a sample's own random variation of the mouth only adds
@@ -108,6 +109,7 @@ class TrainConfig:
     mouth_unknown: float = 0.5
     motion_noise: float = 1.25
     blink_noise: float = 1.6
+    lips_shut_rest: bool = True
     prior_frames: int = 0
     prior_l2: float = PRIOR_L2
     pose_smooth: float = 0.0
@@ -199,14 +201,8 @@ def validate(model: MotionDenoiser, windows: dict[str, torch.Tensor], cfg: Denoi
     return out
 
 
-def _jaw_index() -> int:
-    from emote.model.motion.interface import COEFF_INDEX
-
-    return COEFF_INDEX[_JAW_NAME]
-
-
 def _jaw_dim(active: np.ndarray) -> int:
-    return N_POSE + [int(a) for a in active].index(_jaw_index())
+    return N_POSE + [int(a) for a in active].index(COEFF_INDEX[_JAW_NAME])
 
 
 def _lr(step: int, total: int, base: float, warmup: int = 300) -> float:
@@ -252,8 +248,7 @@ def _fit(model: MotionDenoiser, steps: int, cfg: TrainConfig, next_batch: Callab
                     if "rollout_jaw_r" in metrics else "")
             say(f"{name} step {step + 1}/{steps}: train {row['train_loss']:.4f}, validation loss "
                 f"{metrics['loss']:.4f} (sampled {metrics['sample_loss']:.4f}), next-frame jaw r "
-                f"{metrics['jaw_r']:.3f}, "
-                f"audio gap {metrics['audio_gap']:.4f}{free} ({row['seconds']:.0f} s)")
+                f"{metrics['jaw_r']:.3f}, audio gap {metrics['audio_gap']:.4f}{free} ({row['seconds']:.0f} s)")
     return ema, curve
 
 
@@ -281,15 +276,16 @@ def train(dataset_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None 
     train_copies = prepare_all(train_clips, mel, cfg.seed, cfg.audio_copies, say, cfg.features, cfg.pose_smooth,
                                cfg.emit_frames)
     val_copies = prepare_all(val_clips, mel, cfg.seed + 1, 1, None, cfg.features, cfg.pose_smooth, cfg.emit_frames)
-    active, m_mean, m_std, a_mean, a_std = statistics(train_copies, silence)
+    active, m_mean, m_std, a_mean, a_std = statistics(train_copies, silence, cfg.lips_shut_rest)
     norm = (m_mean, m_std, a_mean, a_std)
     mouth = mouth_dims(active)
     prosody = prosody_columns(cfg.features)
     net = replace(net or DenoiserConfig(), motion_dim=N_POSE + len(active), audio_dim=frame_dim(cfg.features),
                   prior_frames=cfg.prior_frames, prior_dim=len(TARGET_LAGS) * len(mouth) if cfg.prior_frames else 0,
                   prosody_dim=len(prosody) if cfg.prior_frames else 0)
-    sampler = WindowSampler(train_copies, net, active, norm, silence, mouth_unknown=cfg.mouth_unknown)
-    val_sampler = WindowSampler(val_copies, net, active, norm, silence)
+    sampler = WindowSampler(train_copies, net, active, norm, silence, mouth_unknown=cfg.mouth_unknown,
+                            lips_shut=cfg.lips_shut_rest)
+    val_sampler = WindowSampler(val_copies, net, active, norm, silence, lips_shut=cfg.lips_shut_rest)
     val_clips_copies = [c[0] for c in val_copies]
     boundary = cfg.emit_frames + cfg.lookahead_frames
     val_list = val_sampler.fixed_windows(stride=3, boundary=boundary)
@@ -333,7 +329,8 @@ def train(dataset_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None 
                                   cfg.rollout_every)
     extra = {"train": asdict(cfg), "features": cfg.features,
              "generator": {"emit_frames": cfg.emit_frames, "lookahead_frames": cfg.lookahead_frames,
-                           "sustain_audio": cfg.sustain_audio, "crossfade_pose": cfg.crossfade_pose}}
+                           "sustain_audio": cfg.sustain_audio, "crossfade_pose": cfg.crossfade_pose,
+                           "lips_shut_rest": cfg.lips_shut_rest}}
     temps = {"mouth_noise": 0.0, "motion_noise": cfg.motion_noise, "blink_noise": cfg.blink_noise}
     teacher.save(out / "teacher", {**extra, "sampling": {"steps": cfg.sample_steps, "guidance": cfg.guidance, **temps}})
     say(f"teacher samples for distillation: {cfg.pairs} windows x {cfg.sample_steps} steps")

@@ -20,7 +20,12 @@ What makes 16 minutes of ~50 people go further (every item is drawn anew for eve
   of the time (the live model continues from its own, imperfect, frames), the carried frames' mouth
   replaced by noise half of the time (the mouth must come from the audio, not from continuing the
   mouth it saw), and no audio at all 15 % of the time (classifier-free guidance);
-- silence from a random frame on 10 % of the time, the mouth closing to the portrait's as it falls.
+- silence from a random frame on 20 % of the time (the carried frames' too: whole windows of silence,
+  as in a long pause), the mouth closing to the portrait's as it falls.
+
+With ``lips_shut`` (``TrainConfig.lips_shut_rest``, run 13 on) the portrait's lip openers are 0
+(:func:`~emote.model.motion.interface.closed_mouth`): the mouth's motion is its opening itself, so a
+portrait smiling with its teeth showing speaks from a shut mouth instead of closing it to speak.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from scipy.signal import fftconvolve, lfilter, resample_poly
 from emote.model.motion.diffusion.clips import FPS, SAMPLE_RATE, Clip
 from emote.model.motion.diffusion.denoiser import DenoiserConfig, mouth_dims
 from emote.model.motion.diffusion.features import clip_features
-from emote.model.motion.interface import ARKIT_NAMES, COEFF_INDEX, N_POSE
+from emote.model.motion.interface import ARKIT_NAMES, COEFF_INDEX, N_POSE, closed_mouth
 
 AUDIO_COPIES = 6
 #: The portrait frame is drawn from the frames whose jawOpen is below this quantile of the clip's.
@@ -49,10 +54,13 @@ P_STREAM_START, P_CARRIED_NOISE, P_NO_AUDIO, P_MIRROR = 0.1, 0.5, 0.15, 0.5
 #: listens: free-running on held-out people, its jawOpen followed the real one at r 0.13.
 P_MOUTH_UNKNOWN = 0.5
 #: How often the audio falls silent inside a window (from a random frame on, as at the end of an
-#: utterance): the mouth closes over :data:`CLOSE_FRAMES` frames and stays at the portrait's, while the
-#: head, eyes and brows go on as recorded. Real pauses are too short and too few to teach that silence
-#: means a closed mouth: the first model opened the jaw to 0.14-0.25 in four seconds of silence.
-P_SILENCE = 0.1
+#: utterance, or from the first carried frame, as deep in a long pause): the mouth closes over
+#: :data:`CLOSE_FRAMES` frames and stays at the portrait's, while the head, eyes and brows go on as
+#: recorded. Real pauses are too short and too few to teach that silence means a closed mouth: the first
+#: model opened the jaw to 0.14-0.25 in four seconds of silence. Run 10 saw silence only after speech in
+#: the carried frames; rolled out through a minute of silence its lids stayed half shut up to 1.2 s and
+#: its gaze fell (BENCHMARKS.md).
+P_SILENCE = 0.2
 CLOSE_FRAMES = 3
 #: Width (Gaussian sigma, frames) of a zero-phase smoothing of the measured head pose that training runs 8
 #: and 9 used (``TrainConfig.pose_smooth``; off by default, as in the shipped run 7). MediaPipe's pose
@@ -154,14 +162,18 @@ class WindowSampler:
 
     def __init__(self, clips: list[list[Copy]], cfg: DenoiserConfig, active: np.ndarray,
                  norm: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], silence: np.ndarray, *,
-                 mouth_unknown: float = P_MOUTH_UNKNOWN, emitted_weight: float = 1.0) -> None:
-        self.clips, self.cfg, self.active = clips, cfg, active
+                 mouth_unknown: float = P_MOUTH_UNKNOWN, emitted_weight: float = 1.0, lips_shut: bool = False) -> None:
+        self.clips, self.cfg, self.active, self.lips_shut = clips, cfg, active, lips_shut
         self.mouth_unknown, self.emitted_weight = mouth_unknown, emitted_weight
         self.motion_mean, self.motion_std, self.audio_mean, self.audio_std = norm
         self.silence = (silence - self.audio_mean) / self.audio_std
         self.mouth_dims = np.array(mouth_dims(active), np.int64)
         lengths = np.array([len(c[0].motion) for c in clips], np.float64)
         self.weights = lengths / lengths.sum()
+
+    def rest_of(self, coeffs: np.ndarray) -> np.ndarray:
+        """The (52,) rest of a portrait frame's coefficients (lips shut with ``lips_shut``)."""
+        return closed_mouth(coeffs) if self.lips_shut else np.array(coeffs, np.float32)
 
     def delta(self, motion: np.ndarray, rest: np.ndarray) -> np.ndarray:
         """(..., 58) motion and (52,) rest -> (..., D) normalised model vectors."""
@@ -184,7 +196,7 @@ class WindowSampler:
         n = len(cp.motion)
         s = int(rng.integers(n)) if start is None else start
         rest_frame = int(rng.choice(cp.rest_frames)) if augment else int(cp.rest_frames[0])
-        motion, rest = cp.motion, cp.motion[rest_frame, N_POSE:].copy()
+        motion, rest = cp.motion, self.rest_of(cp.motion[rest_frame, N_POSE:])
         if augment and rng.random() < P_MIRROR:
             motion = motion.copy()
             motion[:, N_POSE:] = motion[:, N_POSE + _MIRROR]
@@ -200,7 +212,7 @@ class WindowSampler:
         audio = np.where(inside[:, None], (cp.features[np.clip(idx, 0, n - 1)] - self.audio_mean) / self.audio_std,
                          self.silence).astype(np.float32)
         if silence_from is None and augment and rng.random() < P_SILENCE:
-            silence_from = int(rng.integers(k_c - CLOSE_FRAMES, s_len))
+            silence_from = int(rng.integers(0, s_len))
         if silence_from is not None:
             audio[silence_from:] = self.silence
             closing = np.clip((np.arange(s_len) - silence_from + 1) / CLOSE_FRAMES, 0.0, 1.0)[:, None]
@@ -235,20 +247,22 @@ class WindowSampler:
                 for c, copies in enumerate(self.clips) for s in range(0, len(copies[0].motion), stride)]
 
 
-def rest_deltas(copy: Copy, active: np.ndarray) -> np.ndarray:
+def rest_deltas(copy: Copy, active: np.ndarray, lips_shut: bool = False) -> np.ndarray:
     """(T, 6 + len(active)) unnormalised model vectors of a copy: its pose, and its active coefficients
-    minus their mean over the copy's rest frames (the typical closed-mouth portrait)."""
+    minus their mean over the copy's rest frames (the typical closed-mouth portrait; lip openers 0 with
+    ``lips_shut``)."""
     m = copy.motion
     rest = m[copy.rest_frames].mean(axis=0)[N_POSE:]
+    rest = closed_mouth(rest) if lips_shut else rest
     return np.concatenate([m[:, :N_POSE], m[:, N_POSE + active] - rest[active]], axis=1)
 
 
-def statistics(clips: list[list[Copy]], silence: np.ndarray) -> tuple[np.ndarray, ...]:
+def statistics(clips: list[list[Copy]], silence: np.ndarray, lips_shut: bool = False) -> tuple[np.ndarray, ...]:
     """Active coefficients and normalisation statistics from the training clips' recorded copies."""
     motion = np.concatenate([c[0].motion for c in clips])
     spread = np.mean([c[0].motion[:, N_POSE:].std(axis=0) for c in clips], axis=0)
     active = np.flatnonzero(spread >= MIN_COEFF_STD)
-    d = np.concatenate([rest_deltas(copies[0], active) for copies in clips])
+    d = np.concatenate([rest_deltas(copies[0], active, lips_shut) for copies in clips])
     features = np.concatenate([copies[k].features for copies in clips for k in range(len(copies))])
     assert len(motion) == sum(len(c[0].motion) for c in clips)
     return (active, d.mean(0).astype(np.float32), np.maximum(d.std(0), 0.02).astype(np.float32),

@@ -96,6 +96,19 @@ def test_untouched_coefficients_keep_the_portraits_values(generator: DiffusionGe
     assert motion.coeffs.min() >= 0 and motion.coeffs.max() <= 1
 
 
+def test_a_model_trained_with_the_lips_shut_speaks_from_a_shut_mouth(tmp_path: Path) -> None:
+    from emote.model.motion.interface import LIP_OPENERS
+
+    shut = DiffusionGenerator(save_tiny(tmp_path, generator={"emit_frames": 2, "lookahead_frames": 1,
+                                                             "lips_shut_rest": True}))
+    smiling = REST.copy()
+    smiling[[COEFF_INDEX[n] for n in ("mouthUpperUpLeft", "mouthUpperUpRight", "jawOpen")]] = 0.47
+    quiet = MotionChunk.concat(MotionStream(shut, smiling, fps=25.0, seed=0).push(np.zeros(32000, np.float32)))
+    openers = [COEFF_INDEX[n] for n in LIP_OPENERS]
+    assert np.abs(quiet.coeffs[5:, openers]).max() < 1e-3  # silence: shut, not the portrait's parted lips
+    assert shut.initial_state(smiling, 0).rest[openers].max() == 0  # what the model conditions on, too
+
+
 def test_missing_weights_are_a_clear_error(tmp_path: Path) -> None:
     from emote.model.errors import DependencyError
 

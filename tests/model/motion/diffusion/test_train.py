@@ -113,6 +113,38 @@ def test_silence_windows_close_the_mouth_and_keep_the_head(sampler: WindowSample
     assert np.abs(talking["target"][k + 3 :, jaw] - shut[jaw]).max() > 0.5  # the clip was talking there
 
 
+def test_silence_may_fill_a_whole_window_as_deep_in_a_long_pause(sampler: WindowSampler) -> None:
+    from emote.model.motion.diffusion import windows
+
+    quiet = sampler.window(np.random.default_rng(4), clip=0, start=60, augment=False, silence_from=0)
+    assert (quiet["audio"] == sampler.silence).all()
+    drawn = []
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        w = sampler.window(rng, clip=0, start=60)
+        silent = (w["audio"] == sampler.silence).all(axis=1)
+        if silent[-1]:  # silence runs from where it was drawn to the window's end
+            drawn.append(int(np.argmax(silent)))
+    assert windows.P_SILENCE == 0.2 and min(drawn) < sampler.cfg.carried - windows.CLOSE_FRAMES  # carried too
+
+
+def test_a_lips_shut_rest_makes_the_mouths_motion_its_opening(sampler: WindowSampler) -> None:
+    from emote.model.motion.interface import LIP_OPENERS
+
+    shut = WindowSampler(sampler.clips, sampler.cfg, sampler.active,
+                         (sampler.motion_mean, sampler.motion_std, sampler.audio_mean, sampler.audio_std),
+                         sampler.silence * sampler.audio_std + sampler.audio_mean, lips_shut=True)
+    plain = sampler.window(np.random.default_rng(3), clip=1, start=50, augment=False)
+    closed = shut.window(np.random.default_rng(3), clip=1, start=50, augment=False)
+    openers = [COEFF_INDEX[n] for n in LIP_OPENERS]
+    assert (closed["rest"][openers] == 0).all() and plain["rest"][COEFF_INDEX["jawOpen"]] > 0
+    others = np.setdiff1d(np.arange(52), openers)
+    np.testing.assert_array_equal(closed["rest"][others], plain["rest"][others])
+    jaw = 6 + list(sampler.active).index(COEFF_INDEX["jawOpen"])
+    moved = (closed["target"][:, jaw] - plain["target"][:, jaw]) * sampler.motion_std[jaw]
+    np.testing.assert_allclose(moved, plain["rest"][COEFF_INDEX["jawOpen"]], rtol=1e-4)  # measured from 0
+
+
 def test_the_sampling_loop_is_seeded_and_guided(sampler: WindowSampler) -> None:
     model = MotionDenoiser(sampler.cfg).eval()
     with torch.no_grad():
