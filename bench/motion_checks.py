@@ -50,9 +50,10 @@ def eyes(coeffs: np.ndarray) -> dict[str, float]:
 
 
 def real_silences(dataset: Path | None) -> dict[str, float]:
-    """:func:`eyes` over the training people's silent stretches (NaN without data)."""
+    """:func:`eyes` and the head's speed (°/s) over the training people's silent stretches (NaN without data)."""
+    keys = ("shut_share", "longest_shut_s", "gaze_down", "head_speed_deg_s", "seconds")
     if dataset is None or not (dataset / "split.json").exists():
-        return dict.fromkeys(("shut_share", "longest_shut_s", "gaze_down", "seconds"), float("nan"))
+        return dict.fromkeys(keys, float("nan"))
     from emote.model.motion.diffusion.dataset import dataset_clips
 
     runs = []
@@ -64,15 +65,16 @@ def real_silences(dataset: Path | None) -> dict[str, float]:
         quiet = level < np.percentile(level, 95) - 30
         silent = np.convolve(quiet, np.ones(SILENT_RUN), "same") >= SILENT_RUN
         edges = np.flatnonzero(np.diff(np.r_[0, silent.astype(np.int8), 0]))
-        runs += [clip.coeffs[a:b] for a, b in zip(edges[::2], edges[1::2], strict=True)]
-    stats = [eyes(r) for r in runs]
-    frames = np.array([len(r) for r in runs], np.float64)
+        runs += [(clip.coeffs[a:b], clip.pose[a:b, :3]) for a, b in zip(edges[::2], edges[1::2], strict=True)]
     if not runs:
-        return dict.fromkeys(("shut_share", "longest_shut_s", "gaze_down", "seconds"), float("nan"))
+        return dict.fromkeys(keys, float("nan"))
+    stats = [eyes(c) for c, _ in runs]
+    frames = np.array([len(c) for c, _ in runs], np.float64)
+    steps = np.concatenate([np.abs(np.diff(p, axis=0)).mean(axis=1) for _, p in runs])
     return {"shut_share": float(np.average([s["shut_share"] for s in stats], weights=frames)),
             "longest_shut_s": max(s["longest_shut_s"] for s in stats),
             "gaze_down": float(np.average([s["gaze_down"] for s in stats], weights=frames)),
-            "seconds": float(frames.sum() / FPS)}
+            "head_speed_deg_s": float(steps.mean() * FPS), "seconds": float(frames.sum() / FPS)}
 
 
 def motion_for(name: str, audio16k: np.ndarray, seed: int = 0) -> MotionChunk:
@@ -201,7 +203,8 @@ def section(results: list[dict[str, Any]]) -> str:
                      f"{q['gaze_down']:.3f} ({e['gaze_down']:.3f}) |")
     real = results[0]["real_silences"] if results else {}
     if real and np.isfinite(real.get("seconds", np.nan)):
-        lines.append(f"| real silences ({real['seconds']:.0f} s) | – | – | – | – | – | {real['shut_share']:.3f} | "
+        lines.append(f"| real silences ({real['seconds']:.0f} s) | – | – | – | {real['head_speed_deg_s']:.2f} | – | "
+                     f"{real['shut_share']:.3f} | "
                      f"{real['longest_shut_s']:.2f} | {real['gaze_down']:.3f} |")
     return "\n".join(lines + ["", END]) + "\n"
 

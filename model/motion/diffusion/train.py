@@ -78,7 +78,8 @@ class TrainConfig:
             (blinks 18.1/min against their real 20.0, 9.2 at 1.0; yaw spread x1.12 of theirs, 0.90 at 1.0).
         blink_noise: the same for the two eyeBlink coefficients, also chosen on the training people's rollouts
             (BENCHMARKS.md, run 10): at 1.25 the blinks are too shallow to render shut.
-        lips_shut_rest: the portrait's lip openers count as 0 (:mod:`~.windows`; run 13 on; the generator too).
+        lips_shut_rest, long_silence: the portrait's lip openers count as 0 (the generator's too), and silence
+            fills whole windows (:mod:`~.windows`; both from run 13, shipped: BENCHMARKS.md).
 
     The articulation (jaw and mouth coefficients) is sampled from the centre of the noise (its noise is
     0, the rest of the motion's is random): a sample's own random variation of the mouth only adds
@@ -110,6 +111,7 @@ class TrainConfig:
     motion_noise: float = 1.25
     blink_noise: float = 1.6
     lips_shut_rest: bool = True
+    long_silence: bool = True
     prior_frames: int = 0
     prior_l2: float = PRIOR_L2
     pose_smooth: float = 0.0
@@ -284,7 +286,7 @@ def train(dataset_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None 
                   prior_frames=cfg.prior_frames, prior_dim=len(TARGET_LAGS) * len(mouth) if cfg.prior_frames else 0,
                   prosody_dim=len(prosody) if cfg.prior_frames else 0)
     sampler = WindowSampler(train_copies, net, active, norm, silence, mouth_unknown=cfg.mouth_unknown,
-                            lips_shut=cfg.lips_shut_rest)
+                            lips_shut=cfg.lips_shut_rest, long_silence=cfg.long_silence)
     val_sampler = WindowSampler(val_copies, net, active, norm, silence, lips_shut=cfg.lips_shut_rest)
     val_clips_copies = [c[0] for c in val_copies]
     boundary = cfg.emit_frames + cfg.lookahead_frames

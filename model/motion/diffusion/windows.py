@@ -20,8 +20,9 @@ What makes 16 minutes of ~50 people go further (every item is drawn anew for eve
   of the time (the live model continues from its own, imperfect, frames), the carried frames' mouth
   replaced by noise half of the time (the mouth must come from the audio, not from continuing the
   mouth it saw), and no audio at all 15 % of the time (classifier-free guidance);
-- silence from a random frame on 20 % of the time (the carried frames' too: whole windows of silence,
-  as in a long pause), the mouth closing to the portrait's as it falls.
+- silence from a random frame on 10 % of the time, the mouth closing to the portrait's as it falls; with
+  ``long_silence`` (run 13) 20 % of the time and from any frame, the carried ones too (whole windows of
+  silence, as deep in a long pause).
 
 With ``lips_shut`` (``TrainConfig.lips_shut_rest``, run 13 on) the portrait's lip openers are 0
 (:func:`~emote.model.motion.interface.closed_mouth`): the mouth's motion is its opening itself, so a
@@ -59,8 +60,8 @@ P_MOUTH_UNKNOWN = 0.5
 #: recorded. Real pauses are too short and too few to teach that silence means a closed mouth: the first
 #: model opened the jaw to 0.14-0.25 in four seconds of silence. Run 10 saw silence only after speech in
 #: the carried frames; rolled out through a minute of silence its lids stayed half shut up to 1.2 s and
-#: its gaze fell (BENCHMARKS.md).
-P_SILENCE = 0.2
+#: its gaze fell (BENCHMARKS.md): ``long_silence`` draws :data:`P_LONG_SILENCE` from any frame instead.
+P_SILENCE, P_LONG_SILENCE = 0.1, 0.2
 CLOSE_FRAMES = 3
 #: Width (Gaussian sigma, frames) of a zero-phase smoothing of the measured head pose that training runs 8
 #: and 9 used (``TrainConfig.pose_smooth``; off by default, as in the shipped run 7). MediaPipe's pose
@@ -162,8 +163,10 @@ class WindowSampler:
 
     def __init__(self, clips: list[list[Copy]], cfg: DenoiserConfig, active: np.ndarray,
                  norm: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], silence: np.ndarray, *,
-                 mouth_unknown: float = P_MOUTH_UNKNOWN, emitted_weight: float = 1.0, lips_shut: bool = False) -> None:
+                 mouth_unknown: float = P_MOUTH_UNKNOWN, emitted_weight: float = 1.0, lips_shut: bool = False,
+                 long_silence: bool = False) -> None:
         self.clips, self.cfg, self.active, self.lips_shut = clips, cfg, active, lips_shut
+        self.long_silence = long_silence
         self.mouth_unknown, self.emitted_weight = mouth_unknown, emitted_weight
         self.motion_mean, self.motion_std, self.audio_mean, self.audio_std = norm
         self.silence = (silence - self.audio_mean) / self.audio_std
@@ -211,8 +214,8 @@ class WindowSampler:
         still = self.delta(portrait, rest)  # the portrait itself as a model frame
         audio = np.where(inside[:, None], (cp.features[np.clip(idx, 0, n - 1)] - self.audio_mean) / self.audio_std,
                          self.silence).astype(np.float32)
-        if silence_from is None and augment and rng.random() < P_SILENCE:
-            silence_from = int(rng.integers(0, s_len))
+        if silence_from is None and augment and rng.random() < (P_LONG_SILENCE if self.long_silence else P_SILENCE):
+            silence_from = int(rng.integers(0 if self.long_silence else k_c - CLOSE_FRAMES, s_len))
         if silence_from is not None:
             audio[silence_from:] = self.silence
             closing = np.clip((np.arange(s_len) - silence_from + 1) / CLOSE_FRAMES, 0.0, 1.0)[:, None]

@@ -118,14 +118,20 @@ def test_silence_may_fill_a_whole_window_as_deep_in_a_long_pause(sampler: Window
 
     quiet = sampler.window(np.random.default_rng(4), clip=0, start=60, augment=False, silence_from=0)
     assert (quiet["audio"] == sampler.silence).all()
-    drawn = []
-    rng = np.random.default_rng(0)
-    for _ in range(400):
-        w = sampler.window(rng, clip=0, start=60)
-        silent = (w["audio"] == sampler.silence).all(axis=1)
-        if silent[-1]:  # silence runs from where it was drawn to the window's end
-            drawn.append(int(np.argmax(silent)))
-    assert windows.P_SILENCE == 0.2 and min(drawn) < sampler.cfg.carried - windows.CLOSE_FRAMES  # carried too
+    long = WindowSampler(sampler.clips, sampler.cfg, sampler.active,
+                         (sampler.motion_mean, sampler.motion_std, sampler.audio_mean, sampler.audio_std),
+                         sampler.silence * sampler.audio_std + sampler.audio_mean, long_silence=True)
+    starts = {}
+    for name, s in (("short", sampler), ("long", long)):
+        rng, drawn = np.random.default_rng(0), []
+        for _ in range(400):
+            silent = (s.window(rng, clip=0, start=60)["audio"] == s.silence).all(axis=1)
+            if silent[-1]:  # silence runs from where it was drawn to the window's end
+                drawn.append(int(np.argmax(silent)))
+        starts[name] = drawn
+    first_allowed = sampler.cfg.carried - windows.CLOSE_FRAMES
+    assert min(starts["short"]) >= first_allowed > min(starts["long"])  # whole windows only with long_silence
+    assert len(starts["long"]) > 1.4 * len(starts["short"])  # 20 % of windows against 10 %
 
 
 def test_a_lips_shut_rest_makes_the_mouths_motion_its_opening(sampler: WindowSampler) -> None:
