@@ -24,15 +24,16 @@ import numpy as np
 
 from emote.model.motion.baseline.audio_features import HOP, SAMPLE_RATE, hop_features
 from emote.model.motion.baseline.mouth_dynamics import MOUTH_CHANNELS, MouthFilter, mouth_targets
-from emote.model.motion.interface import COEFF_INDEX, AudioWindow, MotionChunk, neutral_pose
+from emote.model.motion.interface import COEFF_INDEX, LIP_OPENERS, AudioWindow, MotionChunk, neutral_pose
 
 LEAD_S = 0.05  # the mouth shows the sound this far ahead of hearing it
 _C = COEFF_INDEX
 MAX_ANGLE_DEG = 6.0
 _BLINK_MEAN_S = 3.8  # ~15.8 blinks per minute
 _SACCADE_MEAN_S = 2.2
-#: Coefficients that part the lips; silence sets them to 0 whatever the photo shows.
-_LIP_OPENERS = frozenset({"jawOpen", "mouthUpperUpLeft", "mouthUpperUpRight"})
+#: Coefficients that part the lips; silence sets them to 0 whatever the photo shows (mouthLowerDown, one of
+#: them, follows the jaw below).
+_LIP_OPENERS = frozenset(LIP_OPENERS)
 
 
 def _rng(seed: int, stream: int, index: int) -> np.random.Generator:
